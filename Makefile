@@ -1,0 +1,20 @@
+# A fresh clone needs only `make run` (install + whole pipeline) or `make test` (install + tests).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test
+
+install: $(VENV)/.installed
+
+# Re-installs when pyproject.toml changes. pip, not uv/poetry: only pip finds the local torch wheels.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+run: install
+	$(BIN)/python -m flows.pipeline
+
+test: install
+	$(BIN)/python -m pytest

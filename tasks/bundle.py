@@ -1,0 +1,115 @@
+"""The model bundle: weights in safetensors plus a JSON sidecar, and everything needed to use them.
+
+    models/model.safetensors   backbone + head weights, and the embedding projection
+    models/model.json          labels, backbone, input size, mean/std, projection size
+
+Training, evaluation, the service and monitoring all load it through `load_bundle`, so images are
+preprocessed, classified and embedded the same way everywhere. Nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tasks.augment import eval_transform
+from tasks.backbones import head_logits, pooled_features, rebuild
+from tasks.config import UserError
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+PROJECTION_PREFIX = "embedding_projection."
+EMBEDDING_DIMS = 8  # embedding columns logged by the service and compared by drift monitoring
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    labels: list[str]
+    backbone: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    projection_mean: torch.Tensor  # (D,)
+    projection: torch.Tensor  # (D, EMBEDDING_DIMS)
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def transform(self):
+        return eval_transform(self.image_size, self.mean, self.std)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> normalized float batch (N, 3, S, S)."""
+        tf = self.transform
+        return torch.stack([tf(img) for img in images])
+
+    @torch.inference_mode()
+    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        batch = batch.to(self.device)
+        features = pooled_features(self.model, batch)
+        logits = head_logits(self.model, features)
+        return logits.float().cpu(), features.float().cpu()
+
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+        logits, _ = self.logits_and_features(batch)
+        return torch.softmax(logits, dim=1).numpy()
+
+    def project(self, features: torch.Tensor) -> np.ndarray:
+        """Backbone features -> the low-dimensional embedding that drift monitoring compares."""
+        return ((features - self.projection_mean) @ self.projection).numpy()
+
+    def to(self, device: str | torch.device) -> "Bundle":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+
+def fit_projection(features: torch.Tensor, dims: int = EMBEDDING_DIMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA of backbone features on training images: a stable basis for embedding drift."""
+    mean = features.mean(dim=0)
+    centred = features - mean
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    components = v[:dims].T.contiguous()
+    if components.shape[1] < dims:  # fewer images than dims: pad with zero columns
+        components = torch.nn.functional.pad(components, (0, dims - components.shape[1]))
+    return mean.contiguous(), components
+
+
+def save_bundle(out_dir: Path, model: nn.Module, meta: dict, projection: tuple[torch.Tensor, torch.Tensor]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors[PROJECTION_PREFIX + "mean"], tensors[PROJECTION_PREFIX + "components"] = projection
+    save_file(tensors, str(out_dir / WEIGHTS_FILE))
+    (out_dir / META_FILE).write_text(json.dumps({**meta, "embedding_dims": EMBEDDING_DIMS}, indent=2))
+
+
+def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    bundle_dir = Path(bundle_dir)
+    meta_path, weights_path = bundle_dir / META_FILE, bundle_dir / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise UserError(f"no model bundle in {bundle_dir}; run the train stage first (dvc repro train)")
+    meta = json.loads(meta_path.read_text())
+    tensors = load_file(str(weights_path))
+    projection_mean = tensors.pop(PROJECTION_PREFIX + "mean")
+    projection = tensors.pop(PROJECTION_PREFIX + "components")
+    model = rebuild(meta["backbone"], len(meta["labels"]))
+    model.load_state_dict(tensors)
+    model.eval()
+    bundle = Bundle(
+        model=model,
+        labels=list(meta["labels"]),
+        backbone=meta["backbone"],
+        image_size=int(meta["image_size"]),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        projection_mean=projection_mean,
+        projection=projection,
+    )
+    return bundle.to(device)

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny image folders made in the test, and params pointing at them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tasks.config import Params, parse_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_image_set(root: Path, classes: dict[str, int], size: int = 16, seed: int = 0) -> list[Path]:
+    """Write `count` PNGs per class under root/<class>/; each class has its own colour pattern.
+
+    Images of one class share a mean colour and differ by noise, so a model can learn them
+    and no two files are byte-identical.
+    """
+    rng = np.random.default_rng(seed)
+    written = []
+    for k, (label, count) in enumerate(classes.items()):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        base = np.zeros((size, size, 3), dtype=np.float32)
+        base[..., k % 3] = 200.0
+        base[: size // 2, :, (k + 1) % 3] = 120.0 if k >= 3 else 0.0
+        for i in range(count):
+            noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            path = root / label / f"img_{i:03d}.png"
+            Image.fromarray(noisy).save(path)
+            written.append(path)
+    return written
+
+
+def make_params(**sections) -> Params:
+    """Project params.yaml with the given sections overridden (dicts merge one level deep)."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return parse_params(raw)
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    """A three-class folder of 12 distinct 16x16 PNGs each, under tmp_path/images."""
+    root = tmp_path / "images"
+    write_image_set(root, {"cat": 12, "dog": 12, "fox": 12})
+    return root

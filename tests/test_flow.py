@@ -1,0 +1,87 @@
+"""The real Prefect flow over the real dvc.yaml, on a tiny image folder in a scratch DVC repo."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.artifacts import Artifact
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import pipeline
+from tests.conftest import PROJECT_ROOT, write_image_set
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """One ephemeral Prefect API for the module (starting one costs seconds)."""
+    with prefect_test_harness():
+        yield
+
+
+def scratch_repo(tmp_path: Path, classes: dict[str, int], **train) -> Path:
+    """A DVC repo with the project's dvc.yaml and params.yaml, reading a tiny image folder."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    for code in ("tasks", "service"):  # stage dependencies in dvc.yaml
+        shutil.copytree(PROJECT_ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["data"]["root"] = "images"
+    params["train"].update({"epochs": 1, "batch_size": 16, **train})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "data" / "traffic").mkdir(parents=True)
+    (repo / "data" / "traffic" / ".gitkeep").touch()
+    write_image_set(repo / "images", classes)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
+    return repo
+
+
+def set_epochs(repo: Path, epochs: int) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = epochs
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, monkeypatch, prefect_api):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    repo = scratch_repo(tmp_path, {"cat": 10, "dog": 10, "fox": 10})
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+
+    first = pipeline(repo_dir=str(repo))
+    assert first == {stage: "ran" for stage in stages}
+    for artifact in [
+        "data/manifest.csv", "reports/validate/data_docs/index.html", "data/clean/quarantine.csv",
+        "data/split/test.csv", "models/model.safetensors", "reports/evaluate/confusion_matrix.png",
+        "reports/package/bento.json", "reports/monitor/drift.html",
+    ]:
+        assert (repo / artifact).is_file(), artifact
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(stages)
+
+    table = Artifact.get("evaluation-metrics")
+    assert table is not None and "accuracy" in table.description
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert {row["class"] for row in json.loads(table.data)} == set(metrics["per_class"])
+
+    assert pipeline(repo_dir=str(repo)) == {stage: "skipped (up to date)" for stage in stages}
+
+    set_epochs(repo, 2)
+    third = pipeline(repo_dir=str(repo))
+    upstream = stages[: stages.index("train")]
+    assert {s: third[s] for s in upstream} == {s: "skipped (up to date)" for s in upstream}
+    assert all(third[s] == "ran" for s in stages[stages.index("train"):])
+
+
+def test_flow_stops_with_the_stage_reason_on_bad_data(tmp_path, prefect_api):
+    repo = scratch_repo(tmp_path, {"only_class": 8})
+    state = pipeline(repo_dir=str(repo), return_state=True)
+    assert state.is_failed()
+    assert "stage validate failed" in state.message and "class" in state.message
+    assert not (repo / "models").exists()

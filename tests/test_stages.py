@@ -1,0 +1,131 @@
+"""sample, clean, split, train and evaluate on tiny image folders made here."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks import clean, evaluate, sample, split, train, validate
+from tasks.bundle import load_bundle
+from tasks.config import UserError
+from tests.conftest import make_params, write_image_set
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def prepare(workdir: Path, root: Path, **sections):
+    """Params for a tiny run on `root`, with validate + clean + split done."""
+    tiny = {
+        "data": {"root": str(root)},
+        "validate": {"decodable_mostly": 0.5},
+        "train": {"epochs": 2, "batch_size": 8, "image_size": 32},
+    }
+    for name, values in sections.items():
+        tiny[name] = {**tiny.get(name, {}), **values}
+    params = make_params(**tiny)
+    validate.run(params, workdir)
+    clean.run(params, workdir)
+    split.run(params, workdir)
+    return params
+
+
+def test_sample_writes_digits_as_class_folders(tmp_path):
+    params = make_params(sample={"out_dir": "digits"})
+    result = sample.run(params, tmp_path)
+    assert result["images"] == 1797
+    folders = sorted(p.name for p in (tmp_path / "digits").iterdir())
+    assert folders == [str(d) for d in range(10)]
+    assert sum(1 for _ in (tmp_path / "digits").rglob("*.png")) == 1797
+
+
+def test_clean_quarantines_with_reasons_and_leaves_raw_data_alone(tmp_path, image_root):
+    good = image_root / "cat" / "img_000.png"
+    shutil.copy(good, image_root / "dog" / "copy_of_cat.png")  # exact duplicate across classes
+    (image_root / "cat" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    (image_root / "fox" / "notes.jpg").write_text("not an image")
+    before = tree_digest(image_root)
+
+    prepare(tmp_path, image_root)
+
+    quarantine = pd.read_csv(tmp_path / clean.QUARANTINE_CSV).set_index("path")
+    assert quarantine.loc["cat/truncated.png", "reason"] == "undecodable"
+    assert quarantine.loc["fox/notes.jpg", "reason"] == "not_an_image"
+    assert quarantine.loc["dog/copy_of_cat.png", "reason"] == "exact_duplicate"
+    assert "cat/img_000.png" in quarantine.loc["dog/copy_of_cat.png", "detail"]
+    kept = pd.read_csv(tmp_path / clean.KEPT_CSV)
+    assert len(kept) == 36 and not set(kept["path"]) & set(quarantine.index)
+    assert tree_digest(image_root) == before
+
+
+def test_split_is_stratified_disjoint_and_seeded(tmp_path, image_root):
+    params = prepare(tmp_path, image_root)
+    frames = {name: pd.read_csv(tmp_path / split.split_csv(name)) for name in split.SPLITS}
+    for frame in frames.values():
+        assert sorted(frame["label"].unique()) == ["cat", "dog", "fox"]
+    files = [set(f["file"]) for f in frames.values()]
+    assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    assert sum(len(f) for f in files) == 36
+
+    first = (tmp_path / split.split_csv("test")).read_text()
+    split.run(params, tmp_path)
+    assert (tmp_path / split.split_csv("test")).read_text() == first
+    split.run(make_params(data={"root": str(image_root)}, split={"seed": 7}), tmp_path)
+    assert (tmp_path / split.split_csv("test")).read_text() != first
+
+
+def test_split_refuses_a_class_too_small_to_split(tmp_path):
+    root = tmp_path / "images"
+    write_image_set(root, {"big": 10, "tiny": 2})
+    with pytest.raises(UserError, match="class 'tiny' has 2 usable images"):
+        prepare(tmp_path, root, validate={"min_images_per_class": 1, "decodable_mostly": 0.5})
+
+
+def test_train_and_evaluate_write_a_working_bundle(tmp_path, image_root):
+    # Eight short epochs: enough steps for BatchNorm statistics to settle on these flat images.
+    params = prepare(tmp_path, image_root, train={"epochs": 8, "lr": 0.005})
+    summary = train.run(params, tmp_path)
+    assert summary["epochs"] == 8 and summary["device"] == "cpu"
+    history = pd.read_csv(tmp_path / train.HISTORY_CSV)
+    assert list(history["epoch"]) == list(range(1, 9))
+
+    bundle = load_bundle(tmp_path / train.MODEL_DIR)
+    assert bundle.labels == ["cat", "dog", "fox"] and bundle.image_size == 32
+    meta = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["backbone"] == "tf_efficientnet_lite0"
+
+    result = evaluate.run(params, tmp_path)
+    metrics = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
+    assert metrics["accuracy"] == result["accuracy"] >= 0.8  # three flat colours: easy after ImageNet
+    assert set(metrics["per_class"]) == {"cat", "dog", "fox"}
+    assert (tmp_path / evaluate.CONFUSION_PNG).stat().st_size > 1000
+
+
+def test_torchvision_backbone_trains_through_the_same_stage(tmp_path, image_root):
+    params = prepare(tmp_path, image_root, train={"backbone": "resnet18", "weights": "none", "epochs": 1})
+    train.run(params, tmp_path)
+    assert load_bundle(tmp_path / train.MODEL_DIR).backbone == "resnet18"
+    assert evaluate.run(params, tmp_path)["test_images"] == 6
+
+
+@pytest.mark.parametrize(
+    ("train_values", "message"),
+    [
+        ({"weights": "missing/checkpoint.pth"}, "checkpoint missing/checkpoint.pth not found"),
+        ({"backbone": "no_such_net"}, "train.backbone: unknown model 'no_such_net'"),
+    ],
+)
+def test_train_rejects_bad_backbone_settings(tmp_path, image_root, train_values, message):
+    params = prepare(tmp_path, image_root, train=train_values)
+    with pytest.raises(UserError, match=message):
+        train.run(params, tmp_path)
