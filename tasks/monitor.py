@@ -71,7 +71,7 @@ def open_split_image(workdir: Path, file: str):
 def profile_split(bundle: Bundle, workdir: Path, split: pd.DataFrame, desc: str) -> pd.DataFrame:
     """Feature rows of every image of a split, computed in batches exactly as the service does."""
     rows = []
-    with tqdm(total=len(split), desc=desc, unit="img", leave=False) as bar:
+    with tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=None) as bar:
         for start in range(0, len(split), BATCH_SIZE):
             files = split["file"].iloc[start:start + BATCH_SIZE].tolist()
             rows.extend(profile_images(bundle, [open_split_image(workdir, f) for f in files]))

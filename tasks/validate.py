@@ -155,7 +155,7 @@ def build_manifest(root: Path, files: list[Path]) -> pd.DataFrame:
     """Inspect every file in order. An image over PIL's pixel limit is an error, not a warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        rows = [inspect_file(p, root) for p in tqdm(files, desc="validate: reading files", unit="file")]
+        rows = [inspect_file(p, root) for p in tqdm(files, desc="validate: reading files", unit="file", disable=None)]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype(MANIFEST_DTYPES)
 
 

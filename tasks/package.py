@@ -1,0 +1,133 @@
+"""Package stage: the evaluated bundle into the BentoML model store, and a Bento that serves it.
+
+    models/ (model.safetensors, model.json)  ->  model  <package.model_name>:<version>
+    service/, tasks/, params.yaml             ->  Bento  image-classifier-service:<version>
+    reports/package/bento.json                   both tags, and the metrics and hashes packaged
+
+The stores live under $BENTOML_HOME (default ~/bentoml). The Bento is built by `bentoml build` in a
+child process with `--arg model=<tag>`: the service module is imported fresh there, pinned to the
+model saved just before, so the Bento packs exactly that version. Serve it with
+`bentoml serve <bento tag>`; `bentoml containerize` needs Docker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+
+from tasks.bundle import META_FILE, WEIGHTS_FILE
+from tasks.cli import run_stage
+from tasks.config import Params, UserError
+from tasks.evaluate import METRICS_JSON
+from tasks.train import MODEL_DIR
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
+BENTOFILE = "service/bentofile.yaml"
+TRAIN_CSV = Path("data/split/train.csv")
+REPORT_JSON = Path("reports/package/bento.json")
+REQUIRED_METRICS = ("accuracy", "macro_f1")
+FIX = "run dvc repro evaluate first"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_bundle_meta(bundle_dir: Path) -> dict:
+    if not (bundle_dir / WEIGHTS_FILE).is_file() or not (bundle_dir / META_FILE).is_file():
+        raise UserError(f"no model bundle ({WEIGHTS_FILE}, {META_FILE}) in {bundle_dir}; {FIX}")
+    try:
+        return json.loads((bundle_dir / META_FILE).read_text())
+    except ValueError:
+        raise UserError(f"{bundle_dir / META_FILE} is not valid JSON; {FIX}") from None
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """The numeric top-level entries of the evaluate stage's metrics.json."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; {FIX}")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON; {FIX}") from None
+    raw = raw if isinstance(raw, dict) else {}
+    metrics = {k: v for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise UserError(f"{path} has no {', '.join(missing)}; {FIX}")
+    return metrics
+
+
+def save_model(name: str, bundle_dir: Path, metadata: dict) -> bentoml.Model:
+    """Copy the bundle's two files into a new version of model `name` in the model store."""
+    labels = {"backbone": str(metadata["backbone"]), "source": "imgclf-pipeline"}
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+        for file in (WEIGHTS_FILE, META_FILE):
+            shutil.copy2(bundle_dir / file, model.path_of(file))
+    return bentoml.models.get(model.tag)
+
+
+def build_bento(model: bentoml.Model) -> str:
+    """`bentoml build` of service/ pinned to `model`; returns the Bento's tag."""
+    env = {
+        **os.environ,
+        # The store the model has just gone to, even if BENTOML_HOME changed after this process
+        # first touched BentoML (BentoML reads it once per process).
+        "BENTOML_HOME": str(Path(model.path).parents[2]),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "COLUMNS": "400",  # keep the printed tag on one line
+    }
+    env.pop("IMAGE_CLASSIFIER_MODEL", None)  # it would override the --arg below
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", BENTOFILE, "--arg", f"model={model.tag}", "-o", "tag", "."]
+    done = subprocess.run(cmd, cwd=SOURCE_ROOT, env=env, capture_output=True, text=True)
+    tags = [line.split("__tag__:", 1)[1].strip() for line in done.stdout.splitlines() if "__tag__:" in line]
+    if done.returncode != 0 or not tags:
+        raise RuntimeError(f"bentoml build failed (exit {done.returncode}):\n{(done.stderr or done.stdout)[-4000:]}")
+    return tags[-1]
+
+
+def run(params: Params, workdir: Path = Path(".")) -> dict:
+    bundle_dir = workdir / MODEL_DIR
+    meta = read_bundle_meta(bundle_dir)
+    metrics = read_metrics(workdir / METRICS_JSON)
+    if not (workdir / TRAIN_CSV).is_file():
+        raise UserError(f"{workdir / TRAIN_CSV} not found; {FIX}")
+    metadata = {
+        "metrics": metrics,
+        "weights_sha256": sha256(bundle_dir / WEIGHTS_FILE),
+        "data_version": sha256(workdir / TRAIN_CSV),  # sha256 of data/split/train.csv
+        "backbone": meta["backbone"],
+        "labels": list(meta["labels"]),
+        "image_size": int(meta["image_size"]),
+    }
+
+    model = save_model(params.package.model_name, bundle_dir, metadata)
+    bento_tag = build_bento(model)
+    packed = [str(m.tag) for m in bentoml.get(bento_tag).info.all_models]
+    if str(model.tag) not in packed:
+        raise RuntimeError(f"Bento {bento_tag} packs {packed}, not the model just saved ({model.tag})")
+
+    report = {
+        "model_tag": str(model.tag),
+        "bento_tag": bento_tag,
+        "bentoml_home": str(Path(model.path).parents[2]),
+        "serve": f"bentoml serve {bento_tag}",
+        "metadata": metadata,
+    }
+    (workdir / REPORT_JSON).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / REPORT_JSON).write_text(json.dumps(report, indent=2))
+    return {"model": str(model.tag), "bento": bento_tag, **{k: metrics[k] for k in REQUIRED_METRICS}}
+
+
+if __name__ == "__main__":
+    run_stage("package", run)

@@ -1,0 +1,332 @@
+"""The service end to end: package stage -> Bento in a temporary BentoML home -> `bentoml serve` -> HTTP.
+
+One module-wide setup (about a minute on 2 CPU cores): a bundle whose head is fitted in a second on
+two very different classes, the package stage, then the Bento served on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+import torch
+
+from tasks import package
+from tasks.augment import eval_transform
+from tasks.backbones import create_backbone, pooled_features
+from tasks.bundle import fit_projection, save_bundle
+from tasks.config import UserError
+from tasks.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
+from tasks.images import open_rgb
+from tests.conftest import make_params, write_image_set
+
+CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog images green
+IMAGE_SIZE = 32
+TRAFFIC = "traffic"  # relative: the service resolves it against the folder `bentoml serve` started in
+
+
+def write_evaluated_bundle(workdir: Path) -> None:
+    """What train + evaluate leave behind: models/, metrics.json and the training split."""
+    paths = write_image_set(workdir / "images", CLASSES, seed=0)
+    labels = sorted(CLASSES)
+    torch.manual_seed(0)
+    backbone = create_backbone("tf_efficientnet_lite0", "imagenet", num_classes=len(labels))
+    model = backbone.model.eval()
+    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std)
+    with torch.no_grad():
+        features = pooled_features(model, torch.stack([transform(open_rgb(p)) for p in paths]))
+    targets = torch.tensor([labels.index(p.parent.name) for p in paths])
+    head = model.get_classifier()  # fit only the head, on frozen features: a second on CPU
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+    for _ in range(100):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(features), targets).backward()
+        optimizer.step()
+    meta = {
+        "labels": labels,
+        "backbone": "tf_efficientnet_lite0",
+        "image_size": IMAGE_SIZE,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+    }
+    save_bundle(workdir / "models", model, meta, fit_projection(features.detach()))
+
+    (workdir / "reports/evaluate").mkdir(parents=True)
+    metrics = {"accuracy": 1.0, "macro_f1": 1.0, "test_images": 16, "per_class": {}}
+    (workdir / "reports/evaluate/metrics.json").write_text(json.dumps(metrics))
+    (workdir / "data/split").mkdir(parents=True)
+    rows = "".join(f"{p.relative_to(workdir)},{p.parent.name}\n" for p in paths)
+    (workdir / "data/split/train.csv").write_text("file,label\n" + rows)
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory) -> dict:
+    """The package stage run once, with BENTOML_HOME in a temporary folder."""
+    workdir = tmp_path_factory.mktemp("service")
+    write_evaluated_bundle(workdir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(workdir / "bentoml"))
+        mp.delenv("IMAGE_CLASSIFIER_MODEL", raising=False)
+        started = time.perf_counter()
+        result = package.run(make_params(), workdir)
+        print(f"package stage: {time.perf_counter() - started:.1f} s")
+    report = json.loads((workdir / "reports/package/bento.json").read_text())
+    return {"workdir": workdir, "result": result, "report": report}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(packaged: dict):
+    """`bentoml serve <bento>` on 127.0.0.1, started in the work folder; stopped after the module."""
+    workdir, report = packaged["workdir"], packaged["report"]
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": report["bentoml_home"],
+        "BENTOML_DO_NOT_TRACK": "True",
+        "IMAGE_CLASSIFIER_TRAFFIC_DIR": TRAFFIC,
+    }
+    env.pop("IMAGE_CLASSIFIER_MODEL", None)
+    log = (workdir / "serve.log").open("w")
+    cmd = [sys.executable, "-m", "bentoml", "serve", report["bento_tag"], "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{(workdir / 'serve.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - started > 120:
+                pytest.fail(f"service not ready after 120 s:\n{(workdir / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        print(f"server ready after {time.perf_counter() - started:.1f} s")
+        yield {"url": url, "traffic": workdir / TRAFFIC, "workdir": workdir}
+    finally:
+        proc.terminate()  # the server stops its workers on SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group started above: server and workers
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> dict[str, Path]:
+    """Fresh images of each class, never seen while fitting."""
+    root = tmp_path_factory.mktemp("samples")
+    paths = write_image_set(root, {"cat": 1, "dog": 1}, seed=7)
+    return {p.parent.name: p for p in paths}
+
+
+def classify(url: str, files: list, data: dict | None = None) -> httpx.Response:
+    return httpx.post(url + "/classify", files=files, data=data, timeout=30)
+
+
+def upload(path: Path, name: str) -> tuple:
+    return ("images", (name, path.read_bytes(), "image/png"))
+
+
+# ------------------------------------------------------------------------------ package stage
+
+
+@pytest.mark.slow
+def test_package_stores_model_and_bento(packaged: dict):
+    report, result = packaged["report"], packaged["result"]
+    assert result["model"] == report["model_tag"] and result["bento"] == report["bento_tag"]
+    assert result["accuracy"] == 1.0
+
+    model = bentoml.models.get(report["model_tag"])
+    assert model.tag in [m.tag for m in bentoml.models.list("image-classifier")]
+    assert set(os.listdir(model.path)) >= {"model.safetensors", "model.json"}
+    meta = model.info.metadata
+    assert meta["metrics"]["accuracy"] == 1.0 and meta["metrics"]["macro_f1"] == 1.0
+    assert meta["labels"] == ["cat", "dog"] and meta["image_size"] == IMAGE_SIZE
+    assert meta["backbone"] == "tf_efficientnet_lite0"
+    workdir = packaged["workdir"]
+    assert meta["weights_sha256"] == package.sha256(workdir / "models/model.safetensors")
+    assert meta["data_version"] == package.sha256(workdir / "data/split/train.csv")
+    assert report["metadata"] == meta
+
+    bento = bentoml.get(report["bento_tag"])
+    assert bento.tag in [b.tag for b in bentoml.list()]
+    assert str(model.tag) in [str(m.tag) for m in bento.info.all_models]
+
+
+def test_package_without_an_evaluated_bundle_says_what_to_run(tmp_path: Path):
+    with pytest.raises(UserError, match="dvc repro evaluate"):
+        package.run(make_params(), tmp_path)
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/model.safetensors").write_bytes(b"weights")
+    (tmp_path / "models/model.json").write_text(json.dumps({"labels": ["a", "b"], "backbone": "x", "image_size": 8}))
+    with pytest.raises(UserError, match="metrics.json not found; run dvc repro evaluate"):
+        package.run(make_params(), tmp_path)
+
+
+# ------------------------------------------------------------------------------ HTTP API
+
+
+@pytest.mark.slow
+def test_upload_gets_the_right_label(server: dict, samples: dict[str, Path]):
+    started = time.perf_counter()
+    resp = classify(server["url"], [upload(samples["dog"], "my dog.png")])
+    print(f"one image: {(time.perf_counter() - started) * 1000:.0f} ms")
+
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model"].startswith("image-classifier:")
+    [result] = body["results"]
+    assert result["filename"] == "my dog.png"
+    assert [p["label"] for p in result["predictions"]] == ["dog", "cat"]  # top_k: 3 capped at 2 classes
+    assert result["predictions"][0]["probability"] > 0.5
+    assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_images_in_one_request(server: dict, samples: dict[str, Path]):
+    resp = classify(server["url"], [upload(samples["cat"], "a.png"), upload(samples["dog"], "b.png")], data={"top_k": "1"})
+
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [r["filename"] for r in results] == ["a.png", "b.png"]
+    assert [[p["label"] for p in r["predictions"]] for r in results] == [["cat"], ["dog"]]
+
+
+BOUNDARY = "test-boundary"
+
+
+def form(*parts: tuple[str, str | tuple[str, bytes]]) -> dict:
+    """httpx.post arguments for a hand-made multipart body: (name, text) or (name, (filename, bytes))."""
+    chunks = []
+    for name, value in parts:
+        if isinstance(value, tuple):
+            filename, content = value
+            head = f'name="{name}"; filename="{filename}"\r\nContent-Type: application/octet-stream'
+        else:
+            head, content = f'name="{name}"', value.encode()
+        chunks.append(f"--{BOUNDARY}\r\nContent-Disposition: form-data; {head}\r\n\r\n".encode() + content + b"\r\n")
+    body = b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+    return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}}
+
+
+TEXT = ("notes.txt", b"not an image\n")
+BAD_REQUESTS = {  # case: (request arguments given a good PNG, expected "loc: message" in the answer)
+    "text file": (lambda png: form(("images", TEXT)), "images.0: notes.txt: not a readable image"),
+    "empty file": (lambda png: form(("images", ("empty.png", b""))), "images.0: empty.png: the upload is empty"),
+    "no files": (lambda png: form(("top_k", "1")), "images: no images"),
+    "empty form": (lambda png: form(), "images: no images"),
+    "no body": (lambda png: {}, "body: send multipart/form-data"),
+    "json body": (lambda png: {"json": {"images": ["http://127.0.0.1:1/x.png"]}}, "body: send multipart/form-data"),
+    "malformed body": (
+        lambda png: {"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+        "body: unreadable multipart body",
+    ),
+    "top_k not a number": (
+        lambda png: form(("images", ("a.png", png)), ("top_k", "abc")), "top_k: Input should be a valid integer"
+    ),
+    "top_k zero": (lambda png: form(("images", ("a.png", png)), ("top_k", "0")), "top_k: Input should be greater"),
+    "top_k above classes": (
+        lambda png: form(("images", ("a.png", png)), ("top_k", "3")), "top_k: must be between 1 and 2"
+    ),
+    "wrong field name": (lambda png: form(("files", ("a.png", png))), "files: unknown field 'files'"),
+    "images as text": (lambda png: form(("images", "http://127.0.0.1:1/x.png")), "images.0: must be a file upload"),
+    "one bad among good": (
+        lambda png: form(("images", ("a.png", png)), ("images", TEXT)), "images.1: notes.txt: not a readable image"
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_json_error(server: dict, samples: dict[str, Path], case: str):
+    build, expected = BAD_REQUESTS[case]
+
+    resp = httpx.post(server["url"] + "/classify", timeout=30, **build(samples["cat"].read_bytes()))
+
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
+    body = resp.json()
+    assert body["error"]
+    problems = [f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in body["detail"]]
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[str, Path]):
+    """Adaptive batching: BentoML's histogram of requests merged per forward pass."""
+
+    def batch_stats() -> tuple[float, float]:
+        text = httpx.get(server["url"] + "/metrics", timeout=10).text
+        found = {
+            kind: sum(float(v) for v in re.findall(
+                rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ClassifierModel"[^}}]*}} (\S+)$',
+                text, re.M,
+            ))
+            for kind in ("sum", "count")
+        }
+        return found["sum"], found["count"]
+
+    async def burst(n: int) -> list[int]:
+        image = samples["cat"].read_bytes()
+        async with httpx.AsyncClient(timeout=60) as client:
+            responses = await asyncio.gather(*(
+                client.post(server["url"] + "/classify", files=[("images", (f"{i}.png", image, "image/png"))])
+                for i in range(n)
+            ))
+        return [r.status_code for r in responses]
+
+    requests_before, passes_before = batch_stats()
+    started = time.perf_counter()
+    codes = asyncio.run(burst(32))
+    print(f"32 concurrent requests: {time.perf_counter() - started:.2f} s")
+    requests_after, passes_after = batch_stats()
+
+    assert codes == [200] * 32
+    assert requests_after - requests_before >= 32
+    assert passes_after - passes_before < requests_after - requests_before  # some passes served several
+
+
+@pytest.mark.slow
+def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]):
+    def logged_rows() -> list[dict]:
+        rows = []
+        for path in sorted(server["traffic"].rglob("*.log")):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if all(col in record for col in FEATURE_COLUMNS + PREDICTION_COLUMNS):
+                    rows.append(record)
+        return rows
+
+    before = len(logged_rows())
+    resp = classify(server["url"], [upload(samples["cat"], "cat.png"), upload(samples["dog"], "dog.png")])
+    assert resp.status_code == 200, resp.text
+    assert httpx.post(server["url"] + "/classify", **form(("images", TEXT))).status_code == 400  # not logged
+
+    rows = logged_rows()
+    assert len(rows) == before + 2
+    cat, dog = rows[-2:]
+    assert (cat["prediction"], dog["prediction"]) == ("cat", "dog")
+    assert cat["width"] == cat["height"] == 16.0 and 0 <= cat["brightness"] <= 1
+    assert 0.5 < dog["confidence"] <= 1 and cat["request_id"] == dog["request_id"]
+    assert all(isinstance(cat[f"emb_{i}"], float) for i in range(8))
+    assert (server["traffic"] / "image_classifier" / "data").is_dir()  # under the launch folder
