@@ -26,12 +26,24 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Failed
 
 from tasks.cli import ERROR_FILE_ENV
+from tasks.config import UserError, load_params
 from tasks.evaluate import METRICS_JSON
 
 
 def dvc_stages(repo_dir: Path) -> list[str]:
     """Stage names in dvc.yaml order (written upstream first)."""
     return list(yaml.safe_load((repo_dir / "dvc.yaml").read_text())["stages"])
+
+
+def preflight(root: Path) -> None:
+    """Fail before any stage on mistakes DVC would report obscurely: bad params, a missing data.root."""
+    params = load_params(root / "params.yaml")
+    data_root = root / params.data.root
+    if params.data.root != params.sample.out_dir and not data_root.is_dir():
+        raise UserError(
+            f"data.root: {data_root} is not a folder; point data.root in params.yaml at a folder "
+            "with one sub-folder of images per class"
+        )
 
 
 def root_cause(err: BaseException) -> str:
@@ -81,6 +93,10 @@ def pipeline(repo_dir: str = ".", until: str | None = None):
     logging.getLogger("dvc").setLevel(logging.WARNING)  # the task logs ran/skipped itself
     # DVC runs `python -m tasks.<stage>`: make that the interpreter running this flow.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    try:
+        preflight(root)
+    except UserError as err:
+        return Failed(message=str(err))
     stages = dvc_stages(root)
     if until is not None and until not in stages:
         return Failed(message=f"unknown stage {until!r}; dvc.yaml has: {', '.join(stages)}")

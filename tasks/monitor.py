@@ -27,10 +27,8 @@ from tasks.cli import run_stage
 from tasks.config import Params, UserError
 from tasks.features import FEATURE_COLUMNS, PREDICTION_COLUMNS, profile_images
 from tasks.images import open_rgb
-from tasks.split import split_csv
-from tasks.train import pick_device
+from tasks.train import MODEL_DIR, pick_device, read_split
 
-MODEL_DIR = Path("models")
 REPORT_DIR = Path("reports/monitor")
 REFERENCE_CSV = REPORT_DIR / "reference.csv"
 CURRENT_CSV = REPORT_DIR / "current.csv"
@@ -44,20 +42,6 @@ NUMERICAL_COLUMNS = FEATURE_COLUMNS + ["confidence"]
 CATEGORICAL_COLUMNS = ["prediction"]
 DRIFT_COLUMNS = NUMERICAL_COLUMNS + CATEGORICAL_COLUMNS
 LOGGED_COLUMNS = FEATURE_COLUMNS + PREDICTION_COLUMNS
-
-
-def read_split_files(workdir: Path, name: str) -> pd.DataFrame:
-    """The `file` and `label` columns of one split manifest, or a UserError that names the fix."""
-    path = workdir / split_csv(name)
-    if not path.is_file():
-        raise UserError(f"{split_csv(name)} not found; run the split stage first (dvc repro split)")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"file", "label"} - set(frame.columns)
-    if missing:
-        raise UserError(f"{split_csv(name)} lacks columns {sorted(missing)}; re-run the split stage (dvc repro split)")
-    if frame.empty:
-        raise UserError(f"{split_csv(name)} lists no images; check data.root and re-run the pipeline (dvc repro)")
-    return frame[["file", "label"]]
 
 
 def open_split_image(workdir: Path, file: str):
@@ -181,7 +165,7 @@ def current_window(params: Params, workdir: Path, bundle: Bundle) -> tuple[pd.Da
     info = {"traffic_rows": len(traffic), "skipped_lines": skipped}
     if len(traffic) >= params.monitor.min_traffic:
         return traffic, {"source": "traffic", **info}
-    test = profile_split(bundle, workdir, read_split_files(workdir, "test"), "profile test")
+    test = profile_split(bundle, workdir, read_split(workdir, "test"), "profile test")
     return test, {"source": "test_split", **info}
 
 
@@ -194,7 +178,7 @@ def write_reports(workdir: Path, snapshot: Run, summary: dict) -> None:
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     """Profile the validation images, pick the current window, write the drift reports, return the verdict."""
-    val = read_split_files(workdir, "val")
+    val = read_split(workdir, "val")
     bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.train.device))
     (workdir / REPORT_DIR).mkdir(parents=True, exist_ok=True)
 

@@ -25,11 +25,12 @@ from tasks.bundle import META_FILE, WEIGHTS_FILE
 from tasks.cli import run_stage
 from tasks.config import Params, UserError
 from tasks.evaluate import METRICS_JSON
+from tasks.split import split_csv
 from tasks.train import MODEL_DIR
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
 BENTOFILE = "service/bentofile.yaml"
-TRAIN_CSV = Path("data/split/train.csv")
+TRAIN_CSV = split_csv("train")
 REPORT_JSON = Path("reports/package/bento.json")
 REQUIRED_METRICS = ("accuracy", "macro_f1")
 FIX = "run dvc repro evaluate first"

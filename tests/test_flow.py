@@ -97,3 +97,13 @@ def test_flow_stops_with_the_stage_reason_on_bad_data(tmp_path, prefect_api):
     assert state.is_failed()
     assert "stage validate failed" in state.message and "class" in state.message
     assert not (repo / "models").exists()
+
+
+def test_flow_checks_params_and_data_root_before_any_stage(tmp_path, prefect_api):
+    repo = scratch_repo(tmp_path, {"cat": 4, "dog": 4})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["root"] = "no/such/folder"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    state = pipeline(repo_dir=str(repo), return_state=True)
+    assert state.is_failed() and "data.root:" in state.message and "is not a folder" in state.message
+    assert not (repo / "dvc.lock").exists()  # not even the sample stage ran
