@@ -13,6 +13,10 @@ import random
 import time
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -30,6 +34,7 @@ from tasks.split import split_csv
 
 MODEL_DIR = Path("models")
 HISTORY_CSV = Path("reports/train/history.csv")
+CURVES_PNG = Path("reports/train/curves.png")
 SUMMARY_JSON = Path("reports/train/summary.json")
 
 
@@ -115,6 +120,23 @@ def make_loader(dataset: Dataset, cfg: TrainParams, shuffle: bool, generator=Non
     )
 
 
+def plot_curves(history: pd.DataFrame, out: Path) -> None:
+    """Loss and accuracy per epoch as a PNG: readable offline, unlike the Vega plots of `dvc plots`."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split in ("train", "val"):
+        loss_ax.plot(history["epoch"], history[f"{split}_loss"], marker="o", label=split)
+        acc_ax.plot(history["epoch"], history[f"{split}_acc"], marker="o", label=split)
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     cfg = params.train
     device = pick_device(cfg.device)
@@ -168,6 +190,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
 
     (workdir / HISTORY_CSV).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history).to_csv(workdir / HISTORY_CSV, index=False)
+    plot_curves(pd.DataFrame(history), workdir / CURVES_PNG)
     summary = {
         "device": str(device),
         "epochs": cfg.epochs,
