@@ -13,7 +13,7 @@ import pandas as pd
 
 from tasks.cli import run_stage
 from tasks.config import Params, UserError
-from tasks.validate import MANIFEST_FILE, read_manifest
+from tasks.manifest import MANIFEST_FILE, read_manifest
 
 KEPT_CSV = Path("data/clean/kept.csv")
 QUARANTINE_CSV = Path("data/clean/quarantine.csv")

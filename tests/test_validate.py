@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tasks.config import UserError
-from tasks.validate import MANIFEST_COLUMNS, read_manifest, run
+from tasks.manifest import MANIFEST_COLUMNS, read_manifest
+from tasks.validate import run
 from tests.conftest import make_params, write_image_set
 
 
