@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from tasks.bundle import load_bundle
+from tasks.bundle import load_bundle, preprocess, read_meta
 from tasks.config import load_params
 from tasks.features import FEATURE_COLUMNS, feature_rows
 from tasks.images import decode_upload
@@ -228,8 +228,10 @@ class ImageClassifier:
     classifier = bentoml.depends(ClassifierModel)
 
     def __init__(self) -> None:
-        # The bundle here only preprocesses and names classes, exactly as in training.
-        self.bundle = load_bundle(self.bento_model.path)
+        # Only the bundle's sidecar is needed here: preprocessing and class names, as in training.
+        # The weights live in ClassifierModel.
+        self.meta = read_meta(self.bento_model.path)
+        self.labels = list(self.meta["labels"])
         self.traffic_dir = traffic_dir()
         self.log_lock = threading.Lock()  # bentoml.monitor sets its log files up on first use
         logger.info("serving %s; traffic logs under %s", self.bento_model.tag, self.traffic_dir)
@@ -239,14 +241,14 @@ class ImageClassifier:
         self, images: list[Image.Image], top_k: Optional[int] = None, filenames: Optional[list[str]] = None
     ) -> ClassifyOutput:
         """Top-k labels with probabilities for each uploaded image."""
-        labels = self.bundle.labels
+        labels = self.labels
         if top_k is None:
             top_k = min(DEFAULT_TOP_K, len(labels))
         elif not 1 <= top_k <= len(labels):
             raise invalid((("top_k",), f"must be between 1 and {len(labels)}, the number of classes"))
         names = filenames or [f"image_{i}" for i in range(len(images))]
 
-        batch = await anyio.to_thread.run_sync(lambda: self.bundle.preprocess(images).numpy())
+        batch = await anyio.to_thread.run_sync(lambda: preprocess(images, self.meta["image_size"], self.meta["mean"], self.meta["std"]).numpy())
         out = await self.infer(batch)
         probs, embeddings = out[:, : len(labels)], out[:, len(labels) :]
 
@@ -283,7 +285,7 @@ class ImageClassifier:
             with self.log_lock:
                 # One record per image: a record of several values per column makes BentoML warn
                 # about duplicate columns on the first request.
-                for row in feature_rows(images, probs, embeddings, self.bundle.labels):
+                for row in feature_rows(images, probs, embeddings, self.labels):
                     with bentoml.monitor(MONITOR_NAME, monitor_options=options) as mon:
                         for column in FEATURE_COLUMNS:
                             mon.log(row[column], column, "feature", "numerical")

@@ -40,14 +40,8 @@ class Bundle:
     projection: torch.Tensor  # (D, EMBEDDING_DIMS)
     device: torch.device = torch.device("cpu")
 
-    @property
-    def transform(self):
-        return eval_transform(self.image_size, self.mean, self.std)
-
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> normalized float batch (N, 3, S, S)."""
-        tf = self.transform
-        return torch.stack([tf(img) for img in images])
+        return preprocess(images, self.image_size, self.mean, self.std)
 
     @torch.inference_mode()
     def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +65,12 @@ class Bundle:
         return self
 
 
+def preprocess(images: list[Image.Image], image_size: int, mean, std) -> torch.Tensor:
+    """RGB PIL images -> the normalized float batch (N, 3, S, S) the model was trained on."""
+    transform = eval_transform(image_size, mean, std)
+    return torch.stack([transform(img) for img in images])
+
+
 def fit_projection(features: torch.Tensor, dims: int = EMBEDDING_DIMS) -> tuple[torch.Tensor, torch.Tensor]:
     """PCA of backbone features on training images: a stable basis for embedding drift."""
     mean = features.mean(dim=0)
@@ -90,13 +90,18 @@ def save_bundle(out_dir: Path, model: nn.Module, meta: dict, projection: tuple[t
     (out_dir / META_FILE).write_text(json.dumps({**meta, "embedding_dims": EMBEDDING_DIMS}, indent=2))
 
 
+def read_meta(bundle_dir: str | Path) -> dict:
+    """The JSON sidecar alone (labels, input size, mean/std), for code that never runs the model."""
+    bundle_dir = Path(bundle_dir)
+    if not (bundle_dir / META_FILE).is_file() or not (bundle_dir / WEIGHTS_FILE).is_file():
+        raise UserError(f"no model bundle in {bundle_dir}; run the train stage first (dvc repro train)")
+    return json.loads((bundle_dir / META_FILE).read_text())
+
+
 def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
     bundle_dir = Path(bundle_dir)
-    meta_path, weights_path = bundle_dir / META_FILE, bundle_dir / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise UserError(f"no model bundle in {bundle_dir}; run the train stage first (dvc repro train)")
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(str(weights_path))
+    meta = read_meta(bundle_dir)
+    tensors = load_file(str(Path(bundle_dir) / WEIGHTS_FILE))
     projection_mean = tensors.pop(PROJECTION_PREFIX + "mean")
     projection = tensors.pop(PROJECTION_PREFIX + "components")
     model = rebuild(meta["backbone"], len(meta["labels"]))
