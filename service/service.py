@@ -45,7 +45,7 @@ from starlette.requests import Request
 from tasks.bundle import load_bundle, preprocess, read_meta
 from tasks.config import load_params
 from tasks.features import FEATURE_COLUMNS, feature_rows
-from tasks.images import decode_upload
+from tasks.images import decode_upload, to_rgb
 
 MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
 TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
@@ -248,11 +248,18 @@ class ImageClassifier:
             raise invalid((("top_k",), f"must be between 1 and {len(labels)}, the number of classes"))
         names = filenames or [f"image_{i}" for i in range(len(images))]
 
-        batch = await anyio.to_thread.run_sync(lambda: preprocess(images, self.meta["image_size"], self.meta["mean"], self.meta["std"]).numpy())
+        meta = self.meta
+
+        def to_batch() -> tuple[list[Image.Image], np.ndarray]:
+            # RGB as the clean stage made the training images: upright, transparency on its background.
+            rgb = [to_rgb(img, tuple(meta["background"])) for img in images]
+            return rgb, preprocess(rgb, meta["image_size"], meta["mean"], meta["std"], meta["crop_pct"]).numpy()
+
+        rgb, batch = await anyio.to_thread.run_sync(to_batch)
         out = await self.infer(batch)
         probs, embeddings = out[:, : len(labels)], out[:, len(labels) :]
 
-        await anyio.to_thread.run_sync(self.log_traffic, images, probs, embeddings)
+        await anyio.to_thread.run_sync(self.log_traffic, rgb, probs, embeddings)
         results = []
         for name, p in zip(names, probs):
             best = np.argsort(-p)[:top_k]

@@ -22,10 +22,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """How the pretrained weights expect images: normalization, and the share of the resized image
+    that evaluation centre-crops (timm's crop_pct; torchvision's crop / resize size)."""
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+
+
+@dataclass(frozen=True)
 class Backbone:
     model: nn.Module
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_pct: float
 
 
 def _offline_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -129,29 +139,38 @@ def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
     setattr(container, name, nn.Linear(getattr(container, name).in_features, num_classes))
 
 
+def _is_timm(name: str) -> bool:
+    return name in timm.list_models()
+
+
+def input_config(name: str) -> InputConfig:
+    """The input a backbone's pretrained weights expect, read from its config without building it."""
+    if _is_timm(name):
+        cfg = timm.data.resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(name).to_dict())
+        return InputConfig(tuple(cfg["mean"]), tuple(cfg["std"]), float(cfg["crop_pct"]))
+    if name in torchvision.models.list_models(module=torchvision.models):
+        preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()  # e.g. resize 256, crop 224
+        return InputConfig(IMAGENET_MEAN, IMAGENET_STD, preset.crop_size[0] / preset.resize_size[0])
+    raise UserError(
+        f"train.backbone: unknown model {name!r}; use a timm name (timm.list_models()) "
+        "or a torchvision classification model (torchvision.models.list_models())"
+    )
+
+
 def create_backbone(name: str, weights: str, num_classes: int) -> Backbone:
-    """A model with `num_classes` outputs, plus the input normalization its weights expect."""
+    """A model with `num_classes` outputs, plus the input normalization and crop its weights expect."""
+    inputs = input_config(name)  # first: it rejects unknown names
     local = weights not in ("imagenet", "none")
-    if name in timm.list_models():
-        model = _timm_backbone(name, "none" if local else weights, num_classes)
-        cfg = timm.data.resolve_data_config({}, model=model)
-        mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    elif name in torchvision.models.list_models(module=torchvision.models):
-        model = _torchvision_backbone(name, "none" if local else weights, num_classes)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        raise UserError(
-            f"train.backbone: unknown model {name!r}; use a timm name (timm.list_models()) "
-            "or a torchvision classification model (torchvision.models.list_models())"
-        )
+    build = _timm_backbone if _is_timm(name) else _torchvision_backbone
+    model = build(name, "none" if local else weights, num_classes)
     if local:
         _load_matching(model, _load_checkpoint(Path(weights)), weights)
-    return Backbone(model=model, mean=mean, std=std)
+    return Backbone(model=model, mean=inputs.mean, std=inputs.std, crop_pct=inputs.crop_pct)
 
 
 def rebuild(name: str, num_classes: int) -> nn.Module:
     """The same architecture with random weights, to load a trained bundle into."""
-    if name in timm.list_models():
+    if _is_timm(name):
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     model = torchvision.models.get_model(name)
     _replace_torchvision_head(model, num_classes)

@@ -1,7 +1,7 @@
 """The model bundle: weights in safetensors plus a JSON sidecar, and everything needed to use them.
 
     models/model.safetensors   backbone + head weights, and the embedding projection
-    models/model.json          labels, backbone, input size, mean/std, projection size
+    models/model.json          labels, backbone, input size, mean/std, eval crop share, projection size
 
 Training, evaluation, the service and monitoring all load it through `load_bundle`, so images are
 preprocessed, classified and embedded the same way everywhere. Nothing is unpickled.
@@ -36,12 +36,13 @@ class Bundle:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_pct: float
     projection_mean: torch.Tensor  # (D,)
     projection: torch.Tensor  # (D, EMBEDDING_DIMS)
     device: torch.device = torch.device("cpu")
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return preprocess(images, self.image_size, self.mean, self.std)
+        return preprocess(images, self.image_size, self.mean, self.std, self.crop_pct)
 
     @torch.inference_mode()
     def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,9 +66,9 @@ class Bundle:
         return self
 
 
-def preprocess(images: list[Image.Image], image_size: int, mean, std) -> torch.Tensor:
+def preprocess(images: list[Image.Image], image_size: int, mean, std, crop_pct: float) -> torch.Tensor:
     """RGB PIL images -> the normalized float batch (N, 3, S, S) the model was trained on."""
-    transform = eval_transform(image_size, mean, std)
+    transform = eval_transform(image_size, mean, std, crop_pct)
     return torch.stack([transform(img) for img in images])
 
 
@@ -91,11 +92,14 @@ def save_bundle(out_dir: Path, model: nn.Module, meta: dict, projection: tuple[t
 
 
 def read_meta(bundle_dir: str | Path) -> dict:
-    """The JSON sidecar alone (labels, input size, mean/std), for code that never runs the model."""
+    """The JSON sidecar alone (labels, input size, mean/std, crop), for code that never runs the model."""
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / META_FILE).is_file() or not (bundle_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"no model bundle in {bundle_dir}; run the train stage first (dvc repro train)")
-    return json.loads((bundle_dir / META_FILE).read_text())
+    meta = json.loads((bundle_dir / META_FILE).read_text())
+    meta.setdefault("crop_pct", 1.0)  # bundles from before the key resized straight to image_size
+    meta.setdefault("background", [255, 255, 255])  # and composited transparency on white
+    return meta
 
 
 def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
@@ -114,6 +118,7 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
         image_size=int(meta["image_size"]),
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
+        crop_pct=float(meta["crop_pct"]),
         projection_mean=projection_mean,
         projection=projection,
     )

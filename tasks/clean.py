@@ -1,55 +1,191 @@
-"""Clean stage: decide which files of the manifest are usable, quarantine the rest with a reason.
+"""Clean stage: quarantine what must not be trained on, with a reason, and normalize the rest once.
 
-Reads data/manifest.csv (validate stage) and writes
-    data/clean/kept.csv        path, label, file, sha256    -- images the model may see
-    data/clean/quarantine.csv  path, label, reason, detail  -- everything dropped, and why
-Nothing under data.root is touched: dropped files stay where they are, listed here.
+Reads data/manifest.csv (validate stage) and data.root, and writes
+    data/clean/images/<path>   every kept image as upright 8-bit sRGB, at most clean.max_side
+    data/clean/kept.csv        path, label, split, file, sha256, duplicate_group
+    data/clean/quarantine.csv  path, label, reason, detail   (one row per dropped file)
+Nothing under data.root is touched: dropped files stay where they are, listed with their reason.
 """
 from __future__ import annotations
 
+import shutil
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from tasks.cli import run_stage
 from tasks.config import Params, UserError
+from tasks.images import shrink, to_rgb
+from tasks.layout import resolve_root
 from tasks.manifest import MANIFEST_FILE, read_manifest
+from tasks.parallel import map_chunks
 
-KEPT_CSV = Path("data/clean/kept.csv")
-QUARANTINE_CSV = Path("data/clean/quarantine.csv")
+CLEAN_DIR = Path("data/clean")
+KEPT_CSV = CLEAN_DIR / "kept.csv"
+QUARANTINE_CSV = CLEAN_DIR / "quarantine.csv"
+IMAGES_DIR = CLEAN_DIR / "images"
+KEPT_COLUMNS = ["path", "label", "split", "file", "sha256", "duplicate_group"]
+
+# Every quarantine reason, in the order they are tested (the first that applies is recorded).
+REASONS = {
+    "hidden_file": "a hidden file or a file in a hidden folder",
+    "symlink": "a symlink that leaves data.root, points to a folder, or is broken; not followed",
+    "not_an_image": "empty, or content that is no image format",
+    "too_many_pixels": "header declares more than validate.max_pixels; never decoded",
+    "undecodable": "truncated or corrupt: decoding failed",
+    "no_class_folder": "not inside a class folder",
+    "unsupported_format": "an image format outside validate.allowed_formats",
+    "too_small": "narrower than validate.min_width or lower than validate.min_height",
+    "label_conflict": "the same image (or a near copy) is in more than one class: all copies dropped",
+    "exact_duplicate": "same bytes as a kept image",
+    "near_duplicate": "perceptual hash within validate.near_duplicate_distance of a kept image",
+}
+PROBLEM_REASON = {
+    "symlink_leaves_root": "symlink", "symlinked_folder": "symlink", "broken_symlink": "symlink",
+    "empty": "not_an_image", "not_an_image": "not_an_image", "over_pixel_limit": "too_many_pixels",
+    "corrupt": "undecodable", "unreadable": "undecodable",
+}
+LOSSY = {"JPEG", "MPO"}  # re-encoded as JPEG (quality 95); everything else becomes PNG (lossless)
 
 
-def quarantine_reasons(manifest: pd.DataFrame, drop_exact_duplicates: bool) -> pd.DataFrame:
-    """One row per dropped file: (path, label, reason, detail). The first reason found wins."""
-    decodes = manifest["decodes"]
-    dropped = []
-    for row in manifest[~decodes].itertuples():
-        reason = "not_an_image" if not row.format else "undecodable"
-        dropped.append((row.path, row.label, reason, row.error))
-    for row in manifest[decodes & (manifest["label"] == "")].itertuples():
-        dropped.append((row.path, row.label, "no_class_folder", "file lies directly under data.root"))
-    if drop_exact_duplicates:
-        usable = manifest[decodes & (manifest["label"] != "")]
-        firsts = usable.drop_duplicates("sha256").set_index("sha256")["path"]
-        for row in usable[usable.duplicated("sha256")].itertuples():
-            dropped.append((row.path, row.label, "exact_duplicate", f"same bytes as {firsts[row.sha256]}"))
-    return pd.DataFrame(dropped, columns=["path", "label", "reason", "detail"])
+# --- decisions ----------------------------------------------------------------------------------
+
+
+def file_reasons(manifest: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """(reason, detail) per row for problems of the file itself; empty reason: usable so far."""
+    p = params.validate_
+    reasons = []
+    for row in manifest.itertuples():
+        if row.hidden:
+            reasons.append(("hidden_file", "hidden; rename it without the leading dot to use it"))
+        elif row.problem:
+            reasons.append((PROBLEM_REASON[row.problem], row.error))
+        elif not row.label:
+            reasons.append(("no_class_folder", "file lies outside any class folder"))
+        elif row.format not in p.allowed_formats:
+            reasons.append(("unsupported_format", f"{row.format} is not in validate.allowed_formats"))
+        elif row.width < p.min_width or row.height < p.min_height:
+            reasons.append(("too_small", f"{row.width}x{row.height} px, below {p.min_width}x{p.min_height}"))
+        else:
+            reasons.append(("", ""))
+    return pd.DataFrame(reasons, columns=["reason", "detail"], index=manifest.index)
+
+
+def duplicate_reasons(usable: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """(reason, detail) for usable rows that conflict with or copy another usable image.
+
+    In a group whose files carry different labels nobody knows the right one: all are dropped.
+    Otherwise the largest image is kept (then the first path) and the others are copies of it.
+    """
+    keep_exact, keep_near = not params.clean.drop_exact_duplicates, not params.clean.drop_near_duplicates
+    out = pd.DataFrame({"reason": "", "detail": ""}, index=usable.index)
+    pixels = usable["width"].astype("int64") * usable["height"].astype("int64")
+    ranked = usable.assign(pixels=pixels).sort_values(["pixels", "path"], ascending=[False, True])
+    for _, group in ranked[ranked.duplicated("duplicate_group", keep=False)].groupby("duplicate_group"):
+        labels = sorted(set(group["label"]))
+        if len(labels) > 1:
+            out.loc[group.index] = ("label_conflict", f"same image in classes {', '.join(labels)}: "
+                                    + ", ".join(sorted(group["path"])))
+            continue
+        best = group.iloc[0]
+        for index, row in group.iloc[1:].iterrows():
+            if row["sha256"] == best["sha256"]:
+                if not keep_exact:
+                    out.loc[index] = ("exact_duplicate", f"same bytes as {best['path']}")
+            elif not keep_near:
+                bits = bin(int(row["phash"], 16) ^ int(best["phash"], 16)).count("1")
+                out.loc[index] = ("near_duplicate", f"near copy of {best['path']} (perceptual hash {bits} "
+                                  f"bits apart; {row['width']}x{row['height']} vs {best['width']}x{best['height']} px)")
+    return out
+
+
+# --- normalization ------------------------------------------------------------------------------
+
+
+def clean_name(path: str, fmt: str) -> str:
+    """Where a normalized image goes: its own path, with the suffix of the format written."""
+    suffix = ".jpg" if fmt in LOSSY else ".png"
+    keep = {".jpg", ".jpeg"} if fmt in LOSSY else {".png"}
+    return path if Path(path).suffix.lower() in keep else path + suffix
+
+
+def normalize_one(source: Path, target: Path, background, max_side: int) -> str:
+    """Write source as upright 8-bit sRGB; returns "copied" or "converted".
+
+    A file that is already what training wants (8-bit RGB JPEG/PNG, upright, one frame, no
+    colour profile, small enough) is copied byte for byte, so JPEGs are not re-compressed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as img:
+        as_is = (
+            img.format in ("JPEG", "PNG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
+            and not img.info.get("icc_profile") and img.getexif().get(0x0112, 1) == 1
+            and (not max_side or max(img.size) <= max_side)
+            and not (img.format == "PNG" and img.info.get("transparency") is not None)
+        )
+        if as_is:
+            shutil.copyfile(source, target)
+            return "copied"
+        img.load()
+        fmt = img.format
+        rgb = shrink(to_rgb(img, background), max_side)
+    if fmt in LOSSY:
+        rgb.save(target, "JPEG", quality=95, subsampling=0)
+    else:
+        rgb.save(target, "PNG", compress_level=1)  # fast; the sizes differ little for photos
+    return "converted"
+
+
+def normalize_chunk(jobs: list[tuple[str, str]], root: Path, out_dir: Path, background, max_side: int) -> list[str]:
+    results = []
+    for path, name in jobs:
+        try:
+            results.append(normalize_one(root / path, out_dir / name, background, max_side))
+        except Exception as err:  # noqa: BLE001  reported per file, as the manifest does
+            results.append(f"failed: {type(err).__name__}: {str(err)[:100]}")
+    return results
+
+
+# --- stage --------------------------------------------------------------------------------------
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     if not (workdir / MANIFEST_FILE).is_file():
         raise UserError(f"{MANIFEST_FILE} not found; run the validate stage first (dvc repro validate)")
     manifest = read_manifest(workdir / MANIFEST_FILE)
-    quarantine = quarantine_reasons(manifest, params.clean.drop_exact_duplicates)
-    kept = manifest[~manifest["path"].isin(quarantine["path"])]
+    decisions = file_reasons(manifest, params)
+    usable = decisions["reason"] == ""
+    decisions.loc[usable] = duplicate_reasons(manifest[usable], params)
+
+    kept = manifest[decisions["reason"] == ""].copy()
+    kept["file"] = [str(IMAGES_DIR / clean_name(p, f)) for p, f in zip(kept["path"], kept["format"])]
+    out_dir = workdir / IMAGES_DIR
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # images of an earlier run would otherwise linger
+    c = params.clean
+    jobs = [(p, clean_name(p, f)) for p, f in zip(kept["path"], kept["format"])]
+    outcome = pd.Series(map_chunks(
+        partial(normalize_chunk, root=resolve_root(params, workdir), out_dir=out_dir,
+                background=tuple(c.background), max_side=c.max_side),
+        jobs, desc="clean: normalizing images",
+    ), index=kept.index, dtype=str)
+    failed = outcome.str.startswith("failed")
+    decisions.loc[failed[failed].index, "reason"] = "undecodable"
+    decisions.loc[failed[failed].index, "detail"] = outcome[failed].str.removeprefix("failed: ")
+    kept = kept[~failed]
     if kept["label"].nunique() < 2:
         raise UserError("fewer than two classes have usable images after cleaning; see data/clean/quarantine.csv")
-    kept = kept.assign(file=[str(Path(params.data.root) / p) for p in kept["path"]])
-    (workdir / KEPT_CSV).parent.mkdir(parents=True, exist_ok=True)
-    kept[["path", "label", "file", "sha256"]].to_csv(workdir / KEPT_CSV, index=False)
+
+    quarantine = manifest.loc[decisions["reason"] != "", ["path", "label"]].join(decisions)
+    (workdir / CLEAN_DIR).mkdir(parents=True, exist_ok=True)
+    kept[KEPT_COLUMNS].to_csv(workdir / KEPT_CSV, index=False)
     quarantine.to_csv(workdir / QUARANTINE_CSV, index=False)
     return {
         "kept": len(kept),
+        "copied": int((outcome == "copied").sum()),
+        "converted": int((outcome == "converted").sum()),
         "quarantined": len(quarantine),
         "reasons": quarantine["reason"].value_counts().to_dict(),
     }

@@ -29,22 +29,56 @@ class SampleParams(Section):
     out_dir: str
 
 
+# Expectation names, as listed in validate.warn_only.
+CHECKS = (
+    "decodable", "allowed_formats", "image_size", "aspect_ratio", "min_images_per_class",
+    "max_imbalance", "label_conflict", "duplicate_share", "expected_labels",
+)
+
+
 class ValidateParams(Section):
+    max_pixels: int = Field(ge=1, le=1_000_000_000)
+    near_duplicate_distance: int = Field(ge=-1, le=16)
     decodable_mostly: float = Field(ge=0.0, le=1.0)
     allowed_formats: list[str]
     min_width: int = Field(ge=1)
     min_height: int = Field(ge=1)
+    max_width: int = Field(ge=1)
+    max_height: int = Field(ge=1)
+    aspect_ratio: tuple[float, float]
     min_images_per_class: int = Field(ge=1)
-    warn_only: list[Literal["decodable", "allowed_formats", "min_size", "min_images_per_class"]]
+    max_imbalance: float = Field(ge=1.0)
+    max_duplicate_share: float = Field(ge=0.0, le=1.0)
+    expected_labels: list[str]
+    warn_only: list[Literal[CHECKS]]
 
     @field_validator("allowed_formats")
     @classmethod
     def _upper(cls, formats: list[str]) -> list[str]:
         return [f.upper() for f in formats]  # PIL names formats in capitals: PNG, JPEG, MPO
 
+    @model_validator(mode="after")
+    def _ranges(self) -> "ValidateParams":
+        lo, hi = self.aspect_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError("aspect_ratio must be [low, high] with 0 < low <= high (width / height)")
+        if self.min_width > self.max_width or self.min_height > self.max_height:
+            raise ValueError("min_width/min_height must not exceed max_width/max_height")
+        return self
+
 
 class CleanParams(Section):
     drop_exact_duplicates: bool
+    drop_near_duplicates: bool
+    background: tuple[int, int, int]
+    max_side: int = Field(ge=0)
+
+    @field_validator("background")
+    @classmethod
+    def _rgb(cls, colour: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= c <= 255 for c in colour):
+            raise ValueError("background must be three 0-255 values, e.g. [255, 255, 255] for white")
+        return colour
 
 
 class SplitParams(Section):
@@ -59,16 +93,42 @@ class SplitParams(Section):
         return self
 
 
+class ColorJitterParams(Section):
+    brightness: float = Field(ge=0.0)
+    contrast: float = Field(ge=0.0)
+    saturation: float = Field(ge=0.0)
+    hue: float = Field(ge=0.0, le=0.5)
+
+
 class AugmentParams(Section):
     crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
     hflip: float = Field(ge=0.0, le=1.0)
+    vflip: float = Field(ge=0.0, le=1.0)
+    rotation: float = Field(ge=0.0, le=180.0)
+    color_jitter: ColorJitterParams
+    auto_augment: Literal["none", "trivial", "rand"]
+    rand_num_ops: int = Field(ge=1, le=14)
+    rand_magnitude: int = Field(ge=0, le=30)  # RandAugment's 31 magnitude bins
+    erasing: float = Field(ge=0.0, le=1.0)
+    mixup_alpha: float = Field(ge=0.0)
+    cutmix_alpha: float = Field(ge=0.0)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> "AugmentParams":
-        lo, hi = self.crop_scale
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, pair: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = pair
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
-        return self
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1 (share of the image area)")
+        return pair
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _ratio(cls, pair: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = pair
+        if not 0.0 < lo <= hi:
+            raise ValueError("must be [low, high] with 0 < low <= high (width / height), e.g. [0.75, 1.33]")
+        return pair
 
 
 class TrainParams(Section):
@@ -82,7 +142,15 @@ class TrainParams(Section):
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     num_workers: int = Field(ge=0)
+    eval_crop_pct: Literal["auto"] | float
     augment: AugmentParams
+
+    @field_validator("eval_crop_pct", mode="before")
+    @classmethod
+    def _crop_share(cls, value):
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0):
+            return value
+        raise ValueError("must be auto (the backbone's own crop) or a share in (0, 1], e.g. 1.0 for no crop")
 
 
 class EvaluateParams(Section):

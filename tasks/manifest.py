@@ -1,157 +1,222 @@
 """The manifest: one row per file under data.root, with what its bytes really are.
 
-Columns: path (relative to data.root), label (class folder), format (detected from content),
-mode, width, height, bytes, sha256, decodes, error. The validate stage builds it; clean and later
-stages read it with read_manifest. data.root is only ever read.
+Built in parallel on every core and cached by (path, size, mtime), so re-validating an unchanged
+or slightly changed folder reads only what changed. data.root is only ever read. Columns:
+
+    path, label, split        where the file lies (see tasks/layout.py)
+    hidden, symlink           recorded, never followed out of data.root
+    bytes, sha256             identity of the content
+    format, mode, bit_depth   as detected from the content (not the file name)
+    width, height, frames, orientation (EXIF, 1 = upright)
+    phash                     64-bit perceptual hash of decoded images ("" for flat ones; tasks/duplicates.py)
+    decodes, problem, error   decodes fully, else a problem code and the exact error
+    duplicate_group           added by the validate stage: files with the same or near-same content
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from tasks import images  # noqa: F401  (sets PIL's pixel limit that build_manifest enforces)
-from tasks.config import Params, UserError
+from tasks.duplicates import hash_thumbnail, perceptual_hashes
+from tasks.layout import Entry
+from tasks.parallel import map_chunks
 
 MANIFEST_FILE = Path("data/manifest.csv")
-MANIFEST_COLUMNS = [
-    "path", "label", "format", "mode", "width", "height", "bytes", "sha256", "decodes", "error",
-]
-MANIFEST_DTYPES = {
-    "path": str, "label": str, "format": str, "mode": str, "width": "Int64", "height": "Int64",
-    "bytes": "int64", "sha256": str, "decodes": bool, "error": str,
+CACHE_DIR = Path(".cache/manifest")
+CACHE_VERSION = 5  # bump when inspect_file's output changes, so old caches are ignored
+
+FILE_DTYPES = {
+    "path": str, "label": str, "split": str, "hidden": bool, "symlink": str, "bytes": "int64",
+    "sha256": str, "format": str, "mode": str, "bit_depth": "Int64", "width": "Int64",
+    "height": "Int64", "frames": "Int64", "orientation": "Int64", "phash": str, "decodes": bool,
+    "problem": str, "error": str,
 }
+MANIFEST_DTYPES = {**FILE_DTYPES, "duplicate_group": "int64"}
+MANIFEST_COLUMNS = list(MANIFEST_DTYPES)
+NULLABLE = [c for c, t in MANIFEST_DTYPES.items() if t == "Int64"]
 
-# --- data.root layout ---------------------------------------------------------------------------
+# Problem codes (the `problem` column) and what they mean.
+PROBLEMS = {
+    "empty": "zero-byte file",
+    "not_an_image": "content is not an image format PIL knows",
+    "over_pixel_limit": "header declares more pixels than validate.max_pixels; never decoded",
+    "corrupt": "truncated or corrupt: decoding failed",
+    "unreadable": "the file cannot be read",
+    "symlink_leaves_root": "symlink to a target outside data.root; not followed",
+    "symlinked_folder": "symlink to a folder; not followed",
+    "broken_symlink": "symlink to nothing",
+}
+MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 
 
-def resolve_root(params: Params, workdir: Path) -> Path:
-    # pathlib keeps an absolute data.root as it is and joins a relative one to workdir.
-    return workdir / params.data.root
+def bit_depth(img: Image.Image, data: bytes) -> int:
+    """Bits per channel as stored: PNG and TIFF say so in their headers, other formats by mode."""
+    if img.format == "PNG" and data[12:16] == b"IHDR":
+        return data[24]
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)
+        if bits:
+            return int(max(bits if isinstance(bits, tuple) else (bits,)))
+    return MODE_BITS.get(img.mode, 8)
 
 
-def check_layout(root: Path) -> tuple[list[Path], list[str]]:
-    """Fail fast on a root that cannot hold a classification data set.
+def inspect_file(root: Path, entry: Entry, max_pixels: int) -> dict:
+    """One manifest row: identity, content hash and what PIL makes of the bytes.
 
-    Returns every file under root (hidden ones included, sorted by relative path) and the
-    class names (its sub-folders).
+    Its "phash" holds the hash thumbnail (bytes) or ""; inspect_chunk turns thumbnails into hashes.
     """
-    if not root.exists():
-        raise UserError(
-            f"data.root {root} does not exist; set data.root in params.yaml to your image folder "
-            "(the default data/sample is written by `python -m tasks.sample`)"
-        )
-    if not root.is_dir():
-        raise UserError(f"data.root {root} is a file; point it at a folder of class sub-folders")
-    files = sorted(
-        (p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix()
-    )
-    if not files:
-        raise UserError(f"data.root {root} contains no files; put one folder of images per class in it")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise UserError(
-            f"data.root {root} has no class sub-folders; move the images into one folder per class "
-            f"(e.g. {root}/cat/, {root}/dog/)"
-        )
-    if len(classes) == 1:
-        raise UserError(
-            f"data.root {root} has only one class folder ({classes[0]!r}); a classifier needs at least "
-            "two: add another class folder, or point data.root at the folder that holds the classes"
-        )
-    return files, classes
-
-
-def check_outputs_outside(root: Path, outputs: list[Path]) -> None:
-    """The stage never writes under data.root, so its outputs must not overlap that folder."""
-    root = root.resolve()
-    for out in outputs:
-        out = out.resolve()
-        if out.is_relative_to(root) or root.is_relative_to(out):
-            raise UserError(
-                f"data.root {root} overlaps the stage output {out}; keep the images in a folder "
-                "of their own, e.g. data/images"
-            )
-
-
-def check_classes_have_images(manifest: pd.DataFrame, classes: list[str]) -> None:
-    """Each class folder needs at least one file that is an image by its content."""
-    with_images = set(manifest.loc[manifest["format"] != "", "label"])
-    empty = [label for label in classes if label not in with_images]
-    if empty:
-        names = ", ".join(repr(label) for label in empty[:5]) + (" ..." if len(empty) > 5 else "")
-        raise UserError(
-            f"class folder(s) {names} under data.root contain no image files; add images or "
-            "remove the folder"
-        )
-
-
-# --- manifest -----------------------------------------------------------------------------------
-
-
-def failure_reason(err: Exception) -> str:
-    """A short reason for the manifest's error column."""
-    name = type(err).__name__
-    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"too many pixels ({name})"
-    if isinstance(err, UnidentifiedImageError):
-        return f"not an image ({name})"
-    detail = str(err).splitlines()[0][:80] if str(err) else ""
-    return f"truncated or corrupt ({name}: {detail})" if detail else f"truncated or corrupt ({name})"
-
-
-def inspect_file(path: Path, root: Path) -> dict:
-    """One manifest row: identity, content hash and what PIL makes of the bytes."""
-    rel = path.relative_to(root).as_posix()
     row = {
-        "path": rel, "label": rel.split("/")[0] if "/" in rel else "", "format": "", "mode": "",
-        "width": None, "height": None, "bytes": 0, "sha256": "", "decodes": False, "error": "",
+        **{k: getattr(entry, k) for k in ("path", "label", "split", "hidden", "symlink")},
+        "bytes": entry.size, "sha256": "", "format": "", "mode": "", "bit_depth": None, "width": None,
+        "height": None, "frames": None, "orientation": None, "phash": "", "decodes": False,
+        "problem": "", "error": "",
     }
+    link_problem = {"leaves_root": "symlink_leaves_root", "folder": "symlinked_folder", "broken": "broken_symlink"}
+    if entry.symlink in link_problem:
+        target = os.readlink(root / entry.path)
+        return {**row, "problem": link_problem[entry.symlink], "error": f"symlink to {target}; not followed"}
+    if not entry.regular:
+        return {**row, "problem": "unreadable", "error": "not a regular file (FIFO, socket or device)"}
     try:
-        data = path.read_bytes()
+        data = (root / entry.path).read_bytes()
     except OSError as err:
-        return {**row, "bytes": path.stat().st_size, "error": f"cannot read ({type(err).__name__})"}
+        return {**row, "problem": "unreadable", "error": f"{type(err).__name__}: {err.strerror or err}"}
     row.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     if not data:
-        return {**row, "error": "empty file"}
+        return {**row, "problem": "empty", "error": "zero-byte file"}
     try:
         with Image.open(io.BytesIO(data)) as img:
-            # Header facts first: a truncated file still tells its format and size.
-            row.update(format=img.format or "", mode=img.mode, width=img.width, height=img.height)
+            # Header facts first: a truncated or oversized file still tells its format and size.
+            row.update(format=img.format or "", mode=img.mode, width=img.width, height=img.height,
+                       bit_depth=bit_depth(img, data))
+            if img.width * img.height > max_pixels:
+                return {**row, "problem": "over_pixel_limit", "error": (
+                    f"{img.width}x{img.height} = {img.width * img.height / 1e6:,.0f} Mpx, over the "
+                    f"{max_pixels / 1e6:g} Mpx limit (validate.max_pixels); not decoded"
+                )}
+            row["frames"] = getattr(img, "n_frames", 1)
             img.load()
-        row["decodes"] = True
+            # Parsing EXIF costs as much as decoding a small PNG: only when the file has it.
+            orientation = int(img.getexif().get(0x0112, 1) or 1) if "exif" in img.info else 1
+            row.update(decodes=True, orientation=orientation, phash=hash_thumbnail(img, orientation))
+    except UnidentifiedImageError:
+        row.update(problem="not_an_image", error="not an image format PIL can identify")
     except Exception as err:  # noqa: BLE001  a corrupt file can make a PIL plugin raise almost anything
-        row["error"] = failure_reason(err)
+        detail = str(err).splitlines()[0][:100] if str(err) else ""
+        row.update(decodes=False, phash="", problem="corrupt", error=f"{type(err).__name__}: {detail}".rstrip(": "))
     return row
 
 
-def build_manifest(root: Path, files: list[Path]) -> pd.DataFrame:
-    """Inspect every file in order. An image over PIL's pixel limit is an error, not a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        rows = [inspect_file(p, root) for p in tqdm(files, desc="validate: reading files", unit="file", disable=None)]
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype(MANIFEST_DTYPES)
+@contextlib.contextmanager
+def own_pixel_limit():
+    """inspect_file checks header sizes against max_pixels itself, so PIL's own guard is off.
+
+    Warnings (odd EXIF, truncated TIFF tags) are silenced: the row records what matters.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def inspect_chunk(entries: list[Entry], root: Path, max_pixels: int) -> list[dict]:
+    """Rows for a chunk of files; their perceptual hashes are computed together, in one pass."""
+    with own_pixel_limit():
+        rows = [inspect_file(root, e, max_pixels) for e in entries]
+    for row, phash in zip(rows, perceptual_hashes([r["phash"] or None for r in rows])):
+        row["phash"] = phash
+    return rows
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+
+def cache_file(workdir: Path, root: Path, max_pixels: int) -> Path:
+    """One cache per data.root and pixel limit; the code version is part of the name."""
+    key = f"{Path(os.path.realpath(root))}|{max_pixels}|v{CACHE_VERSION}"
+    return workdir / CACHE_DIR / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.parquet"
+
+
+def entry_frame(entries: list[Entry]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "path": [e.path for e in entries], "cache_size": [e.size for e in entries],
+        "cache_mtime_ns": [e.mtime_ns for e in entries],
+    })
+
+
+def read_cache(path: Path) -> pd.DataFrame:
+    """Cached rows with their (cache_size, cache_mtime_ns); an unreadable cache is simply empty."""
+    try:
+        return pd.read_parquet(path)
+    except Exception:  # noqa: BLE001  a missing or damaged cache only costs time
+        return pd.DataFrame(columns=[*FILE_DTYPES, "cache_size", "cache_mtime_ns"])
+
+
+def write_cache(path: Path, table: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)  # atomic: an interrupted run never leaves half a cache
+
+
+def file_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(FILE_DTYPES)).astype(FILE_DTYPES)
+
+
+def build_manifest(
+    root: Path, entries: list[Entry], max_pixels: int, workdir: Path, workers: int | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Rows for every entry, reusing cached rows of files whose (path, size, mtime) are unchanged.
+
+    Returns the file columns sorted by path (no duplicate_group yet) and {"files", "read", "cached"}.
+    """
+    cache_path = cache_file(workdir, root, max_pixels)
+    keys, cache = entry_frame(entries), read_cache(cache_path)
+    cached = keys.merge(cache, on=["path", "cache_size", "cache_mtime_ns"], how="inner")
+    reuse = keys["path"].isin(cached["path"]).to_numpy()
+    todo = [e for e, hit in zip(entries, reuse) if not hit]
+    fresh = map_chunks(
+        partial(inspect_chunk, root=root, max_pixels=max_pixels), todo,
+        desc=f"validate: reading {len(todo)} new or changed files", workers=workers,
+    )
+    if todo:
+        new = file_frame(fresh).merge(keys, on="path")
+        table = pd.concat([cached.astype(new.dtypes.to_dict()), new]) if len(cached) else new
+        table = table.sort_values("path", kind="stable").reset_index(drop=True)
+    else:
+        table = cached  # an inner merge keeps the order of `keys`: sorted by path already
+    if todo or len(cache) != len(table):  # new, changed or deleted files
+        write_cache(cache_path, table)
+    stats = {"files": len(entries), "read": len(todo), "cached": len(entries) - len(todo)}
+    return table[list(FILE_DTYPES)].astype(FILE_DTYPES, copy=False), stats
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_csv(path, index=False)
+    manifest[MANIFEST_COLUMNS].to_csv(path, index=False)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read data/manifest.csv with the dtypes it was written with (labels like "0" stay strings)."""
     return pd.read_csv(
-        path, dtype=MANIFEST_DTYPES, keep_default_na=False, na_values={"width": [""], "height": [""]}
+        path, dtype=MANIFEST_DTYPES, keep_default_na=False, na_values={c: [""] for c in NULLABLE}
     )
 
 
 def class_counts(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Files and decodable images per class folder (files directly under data.root are in none)."""
+    """Files and decodable images per class folder (files outside class folders are in none)."""
     grouped = manifest[manifest["label"] != ""].groupby("label")
     counts = pd.DataFrame({"files": grouped.size(), "images": grouped["decodes"].sum()})
     counts = counts.reindex(classes, fill_value=0).astype("int64")

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tasks.augment import eval_transform, train_transform
+from tasks.augment import batch_mix, eval_transform, train_transform
 from tasks.backbones import create_backbone, pooled_features
 from tasks.bundle import fit_projection, save_bundle
 from tasks.cli import run_stage
@@ -74,8 +74,12 @@ def read_split(workdir: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def run_epoch(model, loader, device, optimizer=None, scheduler=None, desc="") -> dict:
-    """One pass over `loader`; trains when an optimizer is given. Returns loss, accuracy, img/s."""
+def run_epoch(model, loader, device, optimizer=None, scheduler=None, mix=None, desc="") -> dict:
+    """One pass over `loader`; trains when an optimizer is given. Returns loss, accuracy, img/s.
+
+    `mix` (see tasks.augment.batch_mix) turns each batch's labels into soft targets, which
+    CrossEntropyLoss takes as they are; accuracy then counts the dominant class of each target.
+    """
     training = optimizer is not None
     model.train(training)
     loss_fn = nn.CrossEntropyLoss()
@@ -83,8 +87,11 @@ def run_epoch(model, loader, device, optimizer=None, scheduler=None, desc="") ->
     bar = tqdm(loader, desc=desc, leave=False, disable=None if training else True)
     with torch.set_grad_enabled(training):
         for images, targets in bar:
+            if mix is not None:
+                images, targets = mix(images, targets)
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
             targets = targets.to(device, non_blocking=True)
+            hard_targets = targets.argmax(1) if targets.ndim == 2 else targets
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(images)
                 loss = loss_fn(logits.float(), targets)
@@ -94,7 +101,7 @@ def run_epoch(model, loader, device, optimizer=None, scheduler=None, desc="") ->
                 optimizer.step()
                 scheduler.step()
             total_loss += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
+            correct += (logits.argmax(1) == hard_targets).sum().item()
             seen += len(targets)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
     seconds = time.perf_counter() - start
@@ -149,7 +156,9 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_tf = train_transform(cfg.image_size, backbone.mean, backbone.std, cfg.augment)
-    eval_tf = eval_transform(cfg.image_size, backbone.mean, backbone.std)
+    crop_pct = backbone.crop_pct if cfg.eval_crop_pct == "auto" else cfg.eval_crop_pct
+    eval_tf = eval_transform(cfg.image_size, backbone.mean, backbone.std, crop_pct)
+    mix = batch_mix(cfg.augment, num_classes=len(labels))
     train_loader = make_loader(ImageFolderSplit(train_df, workdir, labels, train_tf), cfg, True, generator)
     val_loader = make_loader(ImageFolderSplit(val_df, workdir, labels, eval_tf), cfg, False)
 
@@ -159,7 +168,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     )
     history = []
     for epoch in range(1, cfg.epochs + 1):
-        train = run_epoch(model, train_loader, device, optimizer, scheduler, desc=f"epoch {epoch}/{cfg.epochs}")
+        train = run_epoch(model, train_loader, device, optimizer, scheduler, mix, desc=f"epoch {epoch}/{cfg.epochs}")
         val = run_epoch(model, val_loader, device)
         history.append({
             "epoch": epoch,
@@ -185,6 +194,9 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "image_size": cfg.image_size,
         "mean": list(backbone.mean),
         "std": list(backbone.std),
+        "crop_pct": crop_pct,
+        # Uploads with transparency are composited on the colour the training images were.
+        "background": list(params.clean.background),
     }
     save_bundle(workdir / MODEL_DIR, model, meta, projection)
 

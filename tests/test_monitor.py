@@ -46,8 +46,9 @@ def write_bundle(workdir: Path, images: list[Path]) -> None:
         "image_size": IMAGE_SIZE,
         "mean": list(backbone.mean),
         "std": list(backbone.std),
+        "crop_pct": backbone.crop_pct,
     }
-    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std)
+    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std, backbone.crop_pct)
     backbone.model.eval()
     with torch.inference_mode():
         features = pooled_features(backbone.model, torch.stack([transform(open_rgb(p)) for p in images]))

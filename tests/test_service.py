@@ -42,7 +42,7 @@ def write_evaluated_bundle(workdir: Path) -> None:
     torch.manual_seed(0)
     backbone = create_backbone("tf_efficientnet_lite0", "imagenet", num_classes=len(labels))
     model = backbone.model.eval()
-    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std)
+    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std, backbone.crop_pct)
     with torch.no_grad():
         features = pooled_features(model, torch.stack([transform(open_rgb(p)) for p in paths]))
     targets = torch.tensor([labels.index(p.parent.name) for p in paths])
@@ -58,6 +58,7 @@ def write_evaluated_bundle(workdir: Path) -> None:
         "image_size": IMAGE_SIZE,
         "mean": list(backbone.mean),
         "std": list(backbone.std),
+        "crop_pct": backbone.crop_pct,
     }
     save_bundle(workdir / "models", model, meta, fit_projection(features.detach()))
 

@@ -51,21 +51,28 @@ def test_sample_writes_digits_as_class_folders(tmp_path):
 
 def test_clean_quarantines_with_reasons_and_leaves_raw_data_alone(tmp_path, image_root):
     good = image_root / "cat" / "img_000.png"
-    shutil.copy(good, image_root / "dog" / "copy_of_cat.png")  # exact duplicate across classes
+    shutil.copy(good, image_root / "cat" / "z_copy.png")  # exact duplicate in the same class
+    shutil.copy(image_root / "dog" / "img_000.png", image_root / "fox" / "dog_or_fox.png")  # two classes
     (image_root / "cat" / "truncated.png").write_bytes(good.read_bytes()[:60])
     (image_root / "fox" / "notes.jpg").write_text("not an image")
     before = tree_digest(image_root)
 
-    prepare(tmp_path, image_root)
+    result = prepare(tmp_path, image_root, validate={"warn_only": ["label_conflict", "duplicate_share"]})
 
     quarantine = pd.read_csv(tmp_path / clean.QUARANTINE_CSV).set_index("path")
     assert quarantine.loc["cat/truncated.png", "reason"] == "undecodable"
     assert quarantine.loc["fox/notes.jpg", "reason"] == "not_an_image"
-    assert quarantine.loc["dog/copy_of_cat.png", "reason"] == "exact_duplicate"
-    assert "cat/img_000.png" in quarantine.loc["dog/copy_of_cat.png", "detail"]
+    assert quarantine.loc["cat/z_copy.png", "reason"] == "exact_duplicate"
+    assert "cat/img_000.png" in quarantine.loc["cat/z_copy.png", "detail"]
+    for conflicting in ("dog/img_000.png", "fox/dog_or_fox.png"):
+        assert quarantine.loc[conflicting, "reason"] == "label_conflict"
+        assert "classes dog, fox" in quarantine.loc[conflicting, "detail"]
     kept = pd.read_csv(tmp_path / clean.KEPT_CSV)
-    assert len(kept) == 36 and not set(kept["path"]) & set(quarantine.index)
+    assert len(kept) == 35 and not set(kept["path"]) & set(quarantine.index)
+    for file in kept["file"]:  # normalized copies, outside data.root
+        assert (tmp_path / file).is_file() and file.startswith("data/clean/images/")
     assert tree_digest(image_root) == before
+    assert result.split.seed == 42
 
 
 def test_split_is_stratified_disjoint_and_seeded(tmp_path, image_root):
@@ -76,6 +83,9 @@ def test_split_is_stratified_disjoint_and_seeded(tmp_path, image_root):
     files = [set(f["file"]) for f in frames.values()]
     assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
     assert sum(len(f) for f in files) == 36
+    counts = pd.read_csv(tmp_path / split.COUNTS_CSV, index_col="label")
+    assert list(counts.columns) == ["train", "val", "test", "total"]
+    assert counts["total"].to_dict() == {"cat": 12, "dog": 12, "fox": 12}
 
     first = (tmp_path / split.split_csv("test")).read_text()
     split.run(params, tmp_path)
