@@ -28,20 +28,10 @@ QUARANTINE_CSV = CLEAN_DIR / "quarantine.csv"
 IMAGES_DIR = CLEAN_DIR / "images"
 KEPT_COLUMNS = ["path", "label", "split", "file", "sha256", "duplicate_group"]
 
-# Every quarantine reason, in the order they are tested (the first that applies is recorded).
-REASONS = {
-    "hidden_file": "a hidden file or a file in a hidden folder",
-    "symlink": "a symlink that leaves data.root, points to a folder, or is broken; not followed",
-    "not_an_image": "empty, or content that is no image format",
-    "too_many_pixels": "header declares more than validate.max_pixels; never decoded",
-    "undecodable": "truncated or corrupt: decoding failed",
-    "no_class_folder": "not inside a class folder",
-    "unsupported_format": "an image format outside validate.allowed_formats",
-    "too_small": "narrower than validate.min_width or lower than validate.min_height",
-    "label_conflict": "the same image (or a near copy) is in more than one class: all copies dropped",
-    "exact_duplicate": "same bytes as a kept image",
-    "near_duplicate": "perceptual hash within validate.near_duplicate_distance of a kept image",
-}
+# Quarantine reasons, in the order they are tested (the first that applies is recorded):
+# hidden_file, symlink, not_an_image, too_many_pixels, undecodable (from the manifest's problem
+# column, mapped below), no_class_folder, unsupported_format, too_small, label_conflict,
+# exact_duplicate, near_duplicate. docs/data_quality.md says when each applies.
 PROBLEM_REASON = {
     "symlink_leaves_root": "symlink", "symlinked_folder": "symlink", "broken_symlink": "symlink",
     "empty": "not_an_image", "not_an_image": "not_an_image", "over_pixel_limit": "too_many_pixels",
@@ -111,7 +101,7 @@ def clean_name(path: str, fmt: str) -> str:
     return path if Path(path).suffix.lower() in keep else path + suffix
 
 
-def normalize_one(source: Path, target: Path, background, max_side: int) -> str:
+def normalize_one(source: Path, target: Path, orientation: int, background, max_side: int) -> str:
     """Write source as upright 8-bit sRGB; returns "copied" or "converted".
 
     A file that is already what training wants (8-bit RGB JPEG/PNG, upright, one frame, no
@@ -121,7 +111,7 @@ def normalize_one(source: Path, target: Path, background, max_side: int) -> str:
     with Image.open(source) as img:
         as_is = (
             img.format in ("JPEG", "PNG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
-            and not img.info.get("icc_profile") and img.getexif().get(0x0112, 1) == 1
+            and not img.info.get("icc_profile") and orientation == 1
             and (not max_side or max(img.size) <= max_side)
             and not (img.format == "PNG" and img.info.get("transparency") is not None)
         )
@@ -138,11 +128,11 @@ def normalize_one(source: Path, target: Path, background, max_side: int) -> str:
     return "converted"
 
 
-def normalize_chunk(jobs: list[tuple[str, str]], root: Path, out_dir: Path, background, max_side: int) -> list[str]:
+def normalize_chunk(jobs: list[tuple[str, str, int]], root: Path, out_dir: Path, background, max_side: int) -> list[str]:
     results = []
-    for path, name in jobs:
+    for path, name, orientation in jobs:
         try:
-            results.append(normalize_one(root / path, out_dir / name, background, max_side))
+            results.append(normalize_one(root / path, out_dir / name, orientation, background, max_side))
         except Exception as err:  # noqa: BLE001  reported per file, as the manifest does
             results.append(f"failed: {type(err).__name__}: {str(err)[:100]}")
     return results
@@ -165,7 +155,8 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     if out_dir.exists():
         shutil.rmtree(out_dir)  # images of an earlier run would otherwise linger
     c = params.clean
-    jobs = [(p, clean_name(p, f)) for p, f in zip(kept["path"], kept["format"])]
+    # The manifest already knows each image's EXIF orientation: no second EXIF parse here.
+    jobs = [(p, clean_name(p, f), int(o)) for p, f, o in zip(kept["path"], kept["format"], kept["orientation"])]
     outcome = pd.Series(map_chunks(
         partial(normalize_chunk, root=resolve_root(params, workdir), out_dir=out_dir,
                 background=tuple(c.background), max_side=c.max_side),

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from tasks.images import to_8bit
+
 HASH_SIZE = 32  # thumbnail side; the hash keeps its 8x8 lowest frequencies
 _k = np.arange(HASH_SIZE)
 _DCT = np.sqrt(2 / HASH_SIZE) * np.cos(np.pi * (2 * _k[None, :] + 1) * _k[:, None] / (2 * HASH_SIZE))
@@ -30,10 +32,8 @@ UNDO_ORIENTATION = {
 
 def grey_thumbnail(img: Image.Image) -> Image.Image:
     """HASH_SIZE-square 8-bit grey thumbnail; large images are box-reduced before converting."""
-    if img.mode.startswith(("I", "F")):  # 16/32-bit grey: scale to 8 bits instead of clipping
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray((arr / max(arr.max(), 1.0) * 255.0).astype(np.uint8), "L")
-    elif img.mode not in ("L", "RGB", "RGBA"):
+    img = to_8bit(img)
+    if img.mode not in ("L", "RGB", "RGBA"):
         img = img.convert("L")
     factor = min(img.size) // HASH_SIZE
     if factor > 1:

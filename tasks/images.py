@@ -29,19 +29,24 @@ def _to_srgb(img: Image.Image) -> Image.Image | None:
         return None  # a broken profile is common enough not to lose the image over it
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey (I;16*, I, F) scaled to 8-bit L instead of clipped; other modes as they are."""
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(img, dtype=np.float32) / 257.0).round().astype(np.uint8), "L")
+    if img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0  # 32-bit modes hold 16-bit data from most decoders
+        return Image.fromarray((arr.clip(0, top) / top * 255.0).round().astype(np.uint8), "L")
+    return img
+
+
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
     """EXIF-transpose and convert any mode to 8-bit sRGB.
 
     Transparent pixels (RGBA, LA, palette with transparency) are composited on `background`;
     16-bit grey is scaled to 8 bits, not clipped; CMYK and tagged RGB go through their ICC profile.
     """
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I;16"):
-        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257.0).round().astype(np.uint8), "L")
-    elif img.mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0  # 32-bit modes hold 16-bit data from most decoders
-        img = Image.fromarray((arr.clip(0, top) / top * 255.0).round().astype(np.uint8), "L")
+    img = to_8bit(ImageOps.exif_transpose(img))
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba)

@@ -31,7 +31,7 @@ from tasks.parallel import map_chunks
 
 MANIFEST_FILE = Path("data/manifest.csv")
 CACHE_DIR = Path(".cache/manifest")
-CACHE_VERSION = 5  # bump when inspect_file's output changes, so old caches are ignored
+CACHE_VERSION = 6  # bump when inspect_file's output changes, so old caches are ignored
 
 FILE_DTYPES = {
     "path": str, "label": str, "split": str, "hidden": bool, "symlink": str, "bytes": "int64",
@@ -43,17 +43,8 @@ MANIFEST_DTYPES = {**FILE_DTYPES, "duplicate_group": "int64"}
 MANIFEST_COLUMNS = list(MANIFEST_DTYPES)
 NULLABLE = [c for c, t in MANIFEST_DTYPES.items() if t == "Int64"]
 
-# Problem codes (the `problem` column) and what they mean.
-PROBLEMS = {
-    "empty": "zero-byte file",
-    "not_an_image": "content is not an image format PIL knows",
-    "over_pixel_limit": "header declares more pixels than validate.max_pixels; never decoded",
-    "corrupt": "truncated or corrupt: decoding failed",
-    "unreadable": "the file cannot be read",
-    "symlink_leaves_root": "symlink to a target outside data.root; not followed",
-    "symlinked_folder": "symlink to a folder; not followed",
-    "broken_symlink": "symlink to nothing",
-}
+# Problem codes of the `problem` column: empty, not_an_image, over_pixel_limit (never decoded),
+# corrupt, unreadable, symlink_leaves_root, symlinked_folder, broken_symlink (never followed).
 MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 
 

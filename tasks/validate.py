@@ -265,7 +265,6 @@ def summarise(result, warn_only: list[str], files: pd.DataFrame) -> dict:
     config = result.expectation_config
     column, check = config.kwargs["column"], config.meta["check"]
     stats = result.result or {}
-    key = "label" if column in CLASS_COLUMNS else "path"
     return {
         "name": check,
         "severity": "warning" if check in warn_only else "blocking",
@@ -277,7 +276,7 @@ def summarise(result, warn_only: list[str], files: pd.DataFrame) -> dict:
         "element_count": stats.get("element_count"),
         "unexpected_count": stats.get("unexpected_count"),
         "examples": [
-            describe_example({key: item[key], **item}, column, files)
+            describe_example(item, column, files)
             for item in stats.get("partial_unexpected_index_list") or []
         ],
     }
