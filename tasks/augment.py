@@ -16,6 +16,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from tasks.backbones import input_config
+from tasks.batch_augment import uses_image_cache
 from tasks.cli import run_stage
 from tasks.config import AugmentParams, Params
 from tasks.images import open_rgb
@@ -131,6 +132,24 @@ def save_grid(rows: dict[str, list], captions: dict[str, list[str]], title: str,
     plt.close(fig)
 
 
+def _per_image_draws(cfg, inputs, images):
+    """Training as the DataLoader path does it: torchvision transforms, one image at a time."""
+    train_tf = train_transform(cfg.image_size, inputs.mean, inputs.std, cfg.augment)
+    return lambda: torch.stack([train_tf(img) for img in images])
+
+
+def _batch_draws(cfg, inputs, crop_pct, picked, workdir):
+    """Training as the cache path does it: the cached square pixels, augmented as one batch."""
+    from tasks.batch_augment import BatchAugment
+    from tasks.image_cache import cache_side, square_pixels
+
+    side = cache_side(cfg.image_size, crop_pct)
+    pixels = torch.stack([torch.from_numpy(square_pixels(workdir / f, side)) for f in picked["file"]])
+    augmenter = BatchAugment(cfg.image_size, cfg.augment, inputs.mean, inputs.std)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return lambda: augmenter(pixels.permute(0, 3, 1, 2), generator)
+
+
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     from tasks.train import read_split  # tasks.train imports this module
 
@@ -144,10 +163,11 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
 
     torch.manual_seed(cfg.seed)  # v2 transforms draw from torch's global generator
     eval_tf = eval_transform(cfg.image_size, inputs.mean, inputs.std, crop_pct)
-    train_tf = train_transform(cfg.image_size, inputs.mean, inputs.std, aug)
     batches = {"as evaluated": torch.stack([eval_tf(img) for img in images])}
+    draw_batch = _batch_draws(cfg, inputs, crop_pct, picked, workdir) if uses_image_cache(cfg) else \
+        _per_image_draws(cfg, inputs, images)
     for draw in range(1, PREVIEW_DRAWS + 1):
-        batches[f"augmented {draw}"] = torch.stack([train_tf(img) for img in images])
+        batches[f"augmented {draw}"] = draw_batch()
     captions = {name: list(picked["label"]) for name in batches}
     mix = batch_mix(aug, len(labels))
     if mix is not None:
@@ -156,7 +176,9 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         captions["mixup / cutmix"] = [_mix_caption(s, labels) for s in soft]
 
     rows = {name: _viewable(batch, inputs.mean, inputs.std) for name, batch in batches.items()}
-    title = f"train.augment at {cfg.image_size} px, seed {cfg.seed}; top row as evaluated (eval_crop_pct {crop_pct:g})"
+    how = "in batches from the image cache" if uses_image_cache(cfg) else "per image"
+    title = (f"train.augment at {cfg.image_size} px ({how}), seed {cfg.seed}; "
+             f"top row as evaluated (eval_crop_pct {crop_pct:g})")
     save_grid(rows, captions, title, workdir / PREVIEW_PNG)
     return {"images": len(images), "rows": len(rows), "mixed": mix is not None, "preview": str(PREVIEW_PNG)}
 

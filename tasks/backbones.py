@@ -130,7 +130,7 @@ def _head_slot(model: nn.Module) -> tuple[nn.Module, str]:
         if isinstance(layer, nn.Linear):
             return model, attr
         if isinstance(layer, nn.Sequential) and isinstance(layer[-1], nn.Linear):
-            return layer, str(len(layer) - 1)
+            return layer, list(layer._modules)[-1]  # "1" for classifier[1], "head" for ViT's heads.head
     raise UserError(f"train.backbone: cannot find the classification head of torchvision model {type(model).__name__}")
 
 
@@ -191,9 +191,14 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return captured["x"]
 
 
+def head_module(model: nn.Module) -> nn.Module:
+    """The classification head: the layer that turns `pooled_features` into logits."""
+    if hasattr(model, "forward_head"):  # timm
+        return model.get_classifier()
+    container, name = _head_slot(model)
+    return getattr(container, name)
+
+
 def head_logits(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Apply only the classification head to `pooled_features` output."""
-    if hasattr(model, "forward_head"):  # timm
-        return model.get_classifier()(features)
-    container, name = _head_slot(model)
-    return getattr(container, name)(features)
+    return head_module(model)(features)

@@ -131,19 +131,48 @@ class AugmentParams(Section):
         return pair
 
 
+class EarlyStoppingParams(Section):
+    metric: Literal["accuracy", "macro_f1", "loss"]
+    patience: int = Field(ge=0, description="epochs without improvement before stopping; 0 never stops early")
+    min_delta: float = Field(ge=0.0)
+
+
 class TrainParams(Section):
     backbone: str
     weights: str = Field(description="imagenet | none | path to a local checkpoint")
     image_size: int = Field(ge=16, le=1024)
+    strategy: Literal["linear_probe", "full", "gradual"]
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    freeze_epochs: int = Field(ge=0)
+    unfreeze_epochs: int = Field(ge=0)
+    layer_decay: float = Field(gt=0.0, le=1.0)
+    batch_size: Literal["auto"] | int
+    optimizer: Literal["adamw", "sgd"]
     lr: float = Field(gt=0.0)
     weight_decay: float = Field(ge=0.0)
+    momentum: float = Field(ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "onecycle"]
+    warmup_epochs: float = Field(ge=0.0)
+    label_smoothing: float = Field(ge=0.0, lt=1.0)
+    imbalance: Literal["none", "weighted_loss", "balanced_sampling"]
+    ema_decay: float = Field(ge=0.0, lt=1.0)
+    grad_clip: float = Field(ge=0.0)
+    early_stopping: EarlyStoppingParams
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    input: Literal["auto", "cache", "loader"]
     num_workers: int = Field(ge=0)
+    compile: bool
+    cuda_graph: bool
     eval_crop_pct: Literal["auto"] | float
     augment: AugmentParams
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("must be auto (the largest batch that fits the GPU) or a whole number >= 1")
 
     @field_validator("eval_crop_pct", mode="before")
     @classmethod
@@ -151,6 +180,13 @@ class TrainParams(Section):
         if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0):
             return value
         raise ValueError("must be auto (the backbone's own crop) or a share in (0, 1], e.g. 1.0 for no crop")
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> "TrainParams":
+        if self.strategy == "gradual" and self.freeze_epochs + self.unfreeze_epochs >= self.epochs:
+            raise ValueError("gradual: freeze_epochs + unfreeze_epochs must be below epochs, "
+                             "so that the whole network trains at the end")
+        return self
 
 
 class EvaluateParams(Section):

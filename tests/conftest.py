@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -48,3 +49,14 @@ def image_root(tmp_path: Path) -> Path:
     root = tmp_path / "images"
     write_image_set(root, {"cat": 12, "dog": 12, "fox": 12})
     return root
+
+
+def write_splits(workdir: Path, counts: dict[str, int], classes=("cat", "dog", "fox"), size: int = 16) -> None:
+    """Distinct images per split under workdir/images/<split>/<class>/, and data/split/<split>.csv
+    (path, label, file) as the split stage writes them."""
+    (workdir / "data/split").mkdir(parents=True, exist_ok=True)
+    for seed, (split, per_class) in enumerate(counts.items()):
+        paths = write_image_set(workdir / "images" / split, {c: per_class for c in classes}, size=size, seed=seed)
+        rows = [{"path": f"{p.parent.name}/{p.name}", "label": p.parent.name, "file": str(p.relative_to(workdir))}
+                for p in paths]
+        pd.DataFrame(rows).to_csv(workdir / f"data/split/{split}.csv", index=False)

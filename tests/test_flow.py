@@ -55,9 +55,9 @@ def read_artifact(key: str) -> dict | None:
     return found[0] if found else None
 
 
-def set_epochs(repo: Path, epochs: int) -> None:
+def set_train(repo: Path, **values) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["epochs"] = epochs
+    params["train"].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -84,7 +84,7 @@ def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, m
 
     assert pipeline(repo_dir=str(repo)) == {stage: "skipped (up to date)" for stage in stages}
 
-    set_epochs(repo, 2)
+    set_train(repo, lr=0.01)  # another learning rate: the model and everything after it change
     third = pipeline(repo_dir=str(repo))
     upstream = stages[: stages.index("train")]
     assert {s: third[s] for s in upstream} == {s: "skipped (up to date)" for s in upstream}
