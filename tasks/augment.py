@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from tasks.backbones import input_config
+from tasks.backbones import input_config, resolve_inputs
 from tasks.batch_augment import uses_image_cache
 from tasks.cli import run_stage
 from tasks.config import AugmentParams, Params
@@ -153,9 +153,9 @@ def _batch_draws(cfg, inputs, crop_pct, picked, workdir):
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     from tasks.train import read_split  # tasks.train imports this module
 
-    cfg, aug = params.train, params.train.augment
+    cfg, aug = resolve_inputs(params.train), params.train.augment
     inputs = input_config(cfg.backbone)
-    crop_pct = inputs.crop_pct if cfg.eval_crop_pct == "auto" else cfg.eval_crop_pct
+    crop_pct = cfg.eval_crop_pct
     frame = read_split(workdir, "train")
     labels = sorted(frame["label"].unique())
     picked = pick_images(frame, PREVIEW_IMAGES, cfg.seed)

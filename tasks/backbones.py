@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tasks.config import UserError
+from tasks.config import TrainParams, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,6 +28,7 @@ class InputConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_pct: float
+    size: int  # the side the weights were trained at
 
 
 @dataclass(frozen=True)
@@ -147,14 +148,23 @@ def input_config(name: str) -> InputConfig:
     """The input a backbone's pretrained weights expect, read from its config without building it."""
     if _is_timm(name):
         cfg = timm.data.resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(name).to_dict())
-        return InputConfig(tuple(cfg["mean"]), tuple(cfg["std"]), float(cfg["crop_pct"]))
+        return InputConfig(tuple(cfg["mean"]), tuple(cfg["std"]), float(cfg["crop_pct"]), int(cfg["input_size"][-1]))
     if name in torchvision.models.list_models(module=torchvision.models):
         preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()  # e.g. resize 256, crop 224
-        return InputConfig(IMAGENET_MEAN, IMAGENET_STD, preset.crop_size[0] / preset.resize_size[0])
+        return InputConfig(IMAGENET_MEAN, IMAGENET_STD, preset.crop_size[0] / preset.resize_size[0], preset.crop_size[0])
     raise UserError(
         f"train.backbone: unknown model {name!r}; use a timm name (timm.list_models()) "
         "or a torchvision classification model (torchvision.models.list_models())"
     )
+
+
+def resolve_inputs(cfg: TrainParams) -> TrainParams:
+    """train params with `auto` image_size and eval_crop_pct replaced by the backbone's own values."""
+    inputs = input_config(cfg.backbone)
+    return cfg.model_copy(update={
+        "image_size": inputs.size if cfg.image_size == "auto" else cfg.image_size,
+        "eval_crop_pct": inputs.crop_pct if cfg.eval_crop_pct == "auto" else cfg.eval_crop_pct,
+    })
 
 
 def create_backbone(name: str, weights: str, num_classes: int) -> Backbone:

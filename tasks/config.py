@@ -140,7 +140,7 @@ class EarlyStoppingParams(Section):
 class TrainParams(Section):
     backbone: str
     weights: str = Field(description="imagenet | none | path to a local checkpoint")
-    image_size: int = Field(ge=16, le=1024)
+    image_size: Literal["auto"] | int
     strategy: Literal["linear_probe", "full", "gradual"]
     epochs: int = Field(ge=1)
     freeze_epochs: int = Field(ge=0)
@@ -166,6 +166,13 @@ class TrainParams(Section):
     cuda_graph: bool
     eval_crop_pct: Literal["auto"] | float
     augment: AugmentParams
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 16 <= value <= 1024):
+            return value
+        raise ValueError("must be auto (the backbone's own input size) or a whole number of pixels from 16 to 1024")
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ Decoding PNG/JPEG files is what starves a GPU (and most of a CPU epoch); a cache
 from one array. An image is stored as evaluation sees it before the final crop: short side resized
 to `side`, centre-cropped square, RGB, (side, side, 3) uint8. The cache file is named by a digest of
 the file list (path, size, mtime) and the side, so a changed dataset or resolution builds a new one;
-`.cache/images` can be deleted at any time.
+only the KEEP most recently used files stay, and `.cache/images` can be deleted at any time.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tasks.parallel import map_chunks
 
 CACHE_DIR = Path(".cache/images")
 CACHE_VERSION = 1  # bump when the stored pixels change, so old caches are ignored
+KEEP = 6  # most recently used cache files kept: train and val of the last three dataset versions
 
 
 def cache_side(image_size: int, crop_pct: float) -> int:
@@ -71,4 +72,13 @@ def image_cache(files: Sequence[Path], side: int, cache_dir: Path, desc: str = "
         np.memmap(partial_path, dtype=np.uint8, mode="w+", shape=shape).flush()
         map_chunks(partial(_fill, partial_path, shape, side), list(enumerate(files)), desc=desc)
         partial_path.replace(path)
+        prune(cache_dir, "*.u8", KEEP)
+    os.utime(path)  # marks it used
     return np.memmap(path, dtype=np.uint8, mode="c", shape=shape)
+
+
+def prune(directory: Path, pattern: str, keep: int) -> None:
+    """Delete all but the `keep` most recently used files matching `pattern`."""
+    files = sorted(directory.glob(pattern), key=lambda f: f.stat().st_mtime, reverse=True)
+    for stale in files[keep:]:
+        stale.unlink(missing_ok=True)

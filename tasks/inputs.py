@@ -64,9 +64,13 @@ class TensorBatches:
     def batches(self, order_generator: torch.Generator | None = None,
                 augment_generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(len(self.data), order_generator if self.train else None, self.world, self.weights)
-        stop = len(order) - len(order) % self.batch_size if self.train else len(order)  # static shapes
-        for start in range(0, stop, self.batch_size):
-            index = order[start:start + self.batch_size].sort().values.to(self.data.device)  # sorted: page locality
+        order = order.to(self.data.device)  # one index copy per epoch
+        if self.train:  # whole batches only (static shapes), sorted within a batch for page locality
+            whole = len(order) - len(order) % self.batch_size
+            chunks = order[:whole].view(-1, self.batch_size).sort(dim=1).values
+        else:
+            chunks = order.split(self.batch_size)
+        for index in chunks:
             inputs, targets = self.data[index], self.targets[index]
             if inputs.device != self.device:
                 inputs = inputs.pin_memory().to(self.device, non_blocking=True)

@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from tasks import checkpoint
 from tasks.augment import batch_mix, eval_transform, train_transform
-from tasks.backbones import create_backbone, head_module, pooled_features
+from tasks.backbones import create_backbone, head_module, pooled_features, resolve_inputs
 from tasks.batch_augment import BatchAugment, normalize, uses_image_cache
 from tasks.bundle import fit_projection, save_bundle
 from tasks.cli import run_stage
 from tasks.config import Params, TrainParams, UserError
 from tasks.distributed import World, join_world, leave_world
-from tasks.image_cache import CACHE_DIR, cache_key, cache_side, image_cache
+from tasks.image_cache import CACHE_DIR, KEEP, cache_key, cache_side, image_cache, prune
 from tasks.inputs import ImageFiles, LoaderBatches, TensorBatches, as_nchw
 from tasks.optim import (
     EarlyStopping,
@@ -73,7 +73,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
 
 
 def train(params: Params, workdir: Path, world: World) -> dict:
-    cfg = params.train
+    cfg = resolve_inputs(params.train)  # `auto` image size and crop: the backbone's own
     device = pick_device(cfg.device, world)
     train_df, val_df = read_split(workdir, "train"), read_split(workdir, "val")
     labels = sorted(train_df["label"].unique())
@@ -82,7 +82,7 @@ def train(params: Params, workdir: Path, world: World) -> dict:
     torch.manual_seed(cfg.seed)  # the new head's initial weights
     backbone = create_backbone(cfg.backbone, cfg.weights, num_classes=len(labels))
     model = backbone.model.to(device, memory_format=torch.channels_last)
-    crop_pct = backbone.crop_pct if cfg.eval_crop_pct == "auto" else cfg.eval_crop_pct
+    crop_pct = cfg.eval_crop_pct
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     batch_size = auto_batch_size(model, cfg.image_size, device) if cfg.batch_size == "auto" else cfg.batch_size
@@ -191,7 +191,7 @@ def train(params: Params, workdir: Path, world: World) -> dict:
 def finish(params, workdir, model, trained, best_weights, backbone, crop_pct, labels, train_df, train_features,
            history, stopper, device, setup) -> dict:
     """Best epoch's weights -> fresh normalization statistics -> embedding basis -> bundle and reports."""
-    cfg, batch_size = params.train, setup["batch_size"]
+    cfg, batch_size = resolve_inputs(params.train), setup["batch_size"]
     trained.load_state_dict(best_weights)
     alone = World()  # what follows runs in this process only
     if train_features is None:
@@ -345,6 +345,7 @@ def probe_features(model, frame, workdir, cfg: TrainParams, backbone, crop_pct, 
                                device, alone, backbone, train=False, augment=False)
         features = embed(model, images, device)
         checkpoint.save(features, path.parent, path.name)
+        prune(path.parent, "*.pt", KEEP)
     world.barrier()
     return torch.load(path, map_location=device, weights_only=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import clean, evaluate, sample, split, train, validate
+from tasks import clean, evaluate, monitor, sample, split, train, validate
 from tasks.bundle import load_bundle
 from tasks.config import UserError
 from tests.conftest import make_params, write_image_set
@@ -122,11 +122,13 @@ def test_train_and_evaluate_write_a_working_bundle(tmp_path, image_root):
     assert (tmp_path / evaluate.CONFUSION_PNG).stat().st_size > 1000
 
 
-def test_torchvision_backbone_trains_through_the_same_stage(tmp_path, image_root):
-    params = prepare(tmp_path, image_root, train={"backbone": "resnet18", "weights": "none", "epochs": 1})
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_050"])  # torchvision, timm
+def test_other_backbones_run_through_the_same_stages(tmp_path, image_root, backbone):
+    params = prepare(tmp_path, image_root, train={"backbone": backbone, "weights": "none", "epochs": 1})
     train.run(params, tmp_path)
-    assert load_bundle(tmp_path / train.MODEL_DIR).backbone == "resnet18"
+    assert load_bundle(tmp_path / train.MODEL_DIR).backbone == backbone
     assert evaluate.run(params, tmp_path)["test_images"] == 6
+    assert monitor.run(params, tmp_path)["current_rows"] == 6  # embeddings of the test split
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ import yaml
 from safetensors.torch import load_file
 
 from tasks import checkpoint, train
-from tasks.backbones import create_backbone, head_module
+from tasks.backbones import create_backbone, head_module, resolve_inputs
 from tasks.bundle import WEIGHTS_FILE, load_bundle
 from tasks.config import UserError
 from tasks.distributed import World
-from tasks.image_cache import image_cache, square_pixels
+from tasks.image_cache import KEEP, image_cache, square_pixels
 from tasks.inputs import epoch_order
 from tasks.optim import EarlyStopping, make_loss, sample_weights
 from tasks.strategies import layer_groups, param_groups, set_trainable, trainable_groups
@@ -193,12 +193,15 @@ def test_image_cache_decodes_once_per_dataset_version(tmp_path):
     assert pixels.shape == (6, 20, 20, 3) and (pixels[3] == square_pixels(files[3], 20)).all()
     built = list(cache_dir.iterdir())
     assert len(built) == 1
-    mtime = built[0].stat().st_mtime_ns
+    inode = built[0].stat().st_ino
     image_cache(files, 20, cache_dir)
-    assert built[0].stat().st_mtime_ns == mtime  # opened, not rebuilt
+    assert built[0].stat().st_ino == inode  # opened, not rebuilt (a build renames a new file into place)
     os.utime(files[0], ns=(0, 0))  # a changed file is a new dataset version
     image_cache(files, 20, cache_dir)
     assert len(list(cache_dir.iterdir())) == 2
+    for side in range(21, 21 + KEEP):  # only the most recently used caches stay
+        image_cache(files, side, cache_dir)
+    assert sorted(f.name.split("_")[1] for f in cache_dir.iterdir()) == sorted(f"{s}px.u8" for s in range(21, 27))
 
 
 def test_input_path_follows_the_augmentation(splits):
@@ -264,3 +267,12 @@ def test_ema_weights_are_the_ones_saved(tmp_path):
 def test_bad_train_params_fail_with_one_line(values, message):
     with pytest.raises(UserError, match=message):
         train_params(**values)
+
+
+def test_auto_image_size_and_crop_come_from_the_backbone():
+    timm_cfg = resolve_inputs(train_params(image_size="auto", eval_crop_pct="auto").train)
+    assert (timm_cfg.image_size, timm_cfg.eval_crop_pct) == (224, 0.875)  # tf_efficientnet_lite0
+    torchvision_cfg = resolve_inputs(train_params(backbone="resnet18", image_size="auto").train)
+    assert (torchvision_cfg.image_size, torchvision_cfg.eval_crop_pct) == (224, 1.0)  # explicit crop kept
+    with pytest.raises(UserError, match="train.image_size: Value error, must be auto"):
+        train_params(image_size=8)
