@@ -26,13 +26,14 @@ def make_optimizer(groups: list[dict], cfg: TrainParams, device: torch.device, c
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per_epoch: int):
     """Stepped once per batch. cosine: linear warmup, then cosine decay to zero. onecycle: warmup to
-    the peak, then annealing far below the starting rate (Smith's one-cycle policy)."""
+    the peak, then annealing far below the starting rate (Smith's one-cycle policy, learning rate
+    only: a captured CUDA-graph step holds Adam's betas fixed)."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total // 2, round(cfg.warmup_epochs * steps_per_epoch))  # a short run still gets to decay
     if cfg.schedule == "onecycle":
         peaks = [float(g["lr"]) for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total,
-                                                   pct_start=max(warmup, 1) / total)
+                                                   pct_start=max(warmup, 1) / total, cycle_momentum=False)
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -276,3 +276,11 @@ def test_auto_image_size_and_crop_come_from_the_backbone():
     assert (torchvision_cfg.image_size, torchvision_cfg.eval_crop_pct) == (224, 1.0)  # explicit crop kept
     with pytest.raises(UserError, match="train.image_size: Value error, must be auto"):
         train_params(image_size=8)
+
+
+def test_sgd_with_one_cycle_trains_and_checkpoints(splits):
+    train.run(train_params(optimizer="sgd", schedule="onecycle", lr=0.05, epochs=3, warmup_epochs=1), splits)
+    rates = list(history(splits)["lr"])
+    assert rates[2] < rates[0] < 0.05 + 1e-9  # annealed after the warm-up peak
+    state = torch.load(splits / checkpoint.CHECKPOINT_DIR / checkpoint.LAST, weights_only=True)
+    assert state["finished"] and state["epoch"] == 3 and "momentum_buffer" in str(state["optimizer"])
