@@ -168,7 +168,8 @@ def train(params: Params, workdir: Path, world: World) -> dict:
         stop = stopper.should_stop(epoch)
         if world.main:
             print(f"epoch {epoch}/{cfg.epochs}: train loss {fit['loss']:.3f} acc {fit['acc']:.3f} | val loss "
-                  f"{val['loss']:.3f} acc {val['acc']:.3f} F1 {val['macro_f1']:.3f} | {fit['img_s']:.0f} img/s"
+                  f"{val['loss']:.3f} acc {val['acc']:.3f} F1 {val['macro_f1']:.3f} | {fit['img_s']:.0f} img/s, "
+                  f"peak {history[-1]['peak_memory_mb']:.0f} MB"
                   + (f" | no gain for {cfg.early_stopping.patience} epochs: stopping" if stop else ""))
             state = {
                 "fingerprint": run_fingerprint, "finished": stop or epoch == cfg.epochs, "epoch": epoch,
