@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test
+.PHONY: install run test promote rollback
 
 install: $(VENV)/.installed
 
@@ -18,3 +18,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Production pointer (deploy/production.json): the gate-passed challenger in, or the previous model back.
+promote: install
+	$(BIN)/python -m tasks.production promote
+
+rollback: install
+	$(BIN)/python -m tasks.production rollback

@@ -4,8 +4,12 @@ DVC decides what is up to date, so `dvc repro` and this flow produce the same ar
 same dvc.lock; the flow adds orchestration (logs, states, artifacts) on top. It runs on Prefect's
 ephemeral API: no server to start.
 
-    python -m flows.pipeline            # the whole pipeline
+    python -m flows.pipeline            # the whole pipeline, then promotion if the gate passed
     python -m flows.pipeline train      # only the stages up to and including train
+
+After the stages, the flow promotes the packaged challenger to production (tasks/production.py)
+when the gate stage passed it, and stops before promotion when the gate refused it. The gate's
+decision and the evaluation report are Prefect artifacts.
 """
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ import yaml
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed
 
+from tasks import production
 from tasks.cli import ERROR_FILE_ENV
 from tasks.config import UserError, load_params
-from tasks.evaluate import METRICS_JSON
+from tasks.evaluate import METRICS_JSON, REPORT_HTML
 
 
 def dvc_stages(repo_dir: Path) -> list[str]:
@@ -75,20 +80,59 @@ def run_dvc_stage(stage: str, repo_dir: Path):
 
 
 def publish_metrics(repo_dir: Path) -> None:
-    """The test metrics as a Prefect table artifact, one row per class."""
+    """The test metrics as Prefect artifacts: a table per class, and the headline with the report's link."""
     metrics = json.loads((repo_dir / METRICS_JSON).read_text())
     rows = [{"class": label, **values} for label, values in metrics["per_class"].items()]
-    create_table_artifact(
-        key="evaluation-metrics",
-        table=rows,
-        description=f"Test split: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-        f"{metrics['test_images']} images",
+    headline = (f"Test split: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+                f"{metrics['test_images']} images")
+    create_table_artifact(key="evaluation-metrics", table=rows, description=headline)
+    create_markdown_artifact(
+        key="evaluation-report",
+        markdown=f"### Evaluation\n\n{headline}; ECE {metrics['ece']:.4f} "
+        f"(before temperature scaling {metrics['ece_uncalibrated']:.4f}).\n\n"
+        f"Full report (confusion matrix, calibration, worst mistakes, slices): "
+        f"[{REPORT_HTML}]({(repo_dir / REPORT_HTML).as_uri()})",
+        description=headline,
     )
 
 
+def publish_decision(repo_dir: Path) -> dict:
+    """The gate's decision as a Prefect artifact and in the log; returns it."""
+    decision = json.loads((repo_dir / production.DECISION_JSON).read_text())
+    champion = decision["champion"]["model"] if decision["champion"] else "none"
+    lines = [
+        f"### Gate: {decision['verdict']}", "",
+        "| | accuracy |", "|---|---|",
+        f"| challenger (this run) | {decision['challenger_accuracy']} |",
+        f"| champion ({champion}) | {decision['champion_accuracy'] if decision['champion'] else '-'} |", "",
+        *[f"- {reason}" for reason in decision["reasons"]], "",
+        f"Margin {decision['margin']}, alpha {decision['alpha']}, McNemar p = {decision['p_value']}. "
+        f"Evaluation report: [{REPORT_HTML}]({(repo_dir / REPORT_HTML).as_uri()})",
+    ]
+    create_markdown_artifact(key="gate-decision", markdown="\n".join(lines),
+                             description=f"{decision['verdict']}: {'; '.join(decision['reasons'])}")
+    logger = get_run_logger()
+    log = logger.info if decision["passed"] else logger.warning
+    log("gate: %s: %s", decision["verdict"], "; ".join(decision["reasons"]))
+    return decision
+
+
+@task(name="promote")
+def promote_challenger(repo_dir: Path) -> str:
+    """Move the production pointer to the challenger the gate passed."""
+    try:
+        entry = production.promote(repo_dir)
+    except UserError as err:
+        get_run_logger().error("promotion failed: %s", err)
+        return Failed(message=f"promotion failed: {err}")
+    get_run_logger().info("promoted %s to production (serve: bentoml serve %s)", entry["model"], entry["bento"])
+    return f"promoted {entry['model']}"
+
+
 @flow(name="image-classification-pipeline")
-def pipeline(repo_dir: str = ".", until: str | None = None):
-    """Run every dvc.yaml stage in order (or up to `until`); stop at the first failure."""
+def pipeline(repo_dir: str = ".", until: str | None = None, promote: bool = True):
+    """Run every dvc.yaml stage in order (or up to `until`); stop at the first failure. Then, with
+    `promote`, move production to the new model if the gate passed it."""
     root = Path(repo_dir).resolve()
     logging.getLogger("dvc").setLevel(logging.WARNING)  # the task logs ran/skipped itself
     # DVC runs `python -m tasks.<stage>`: make that the interpreter running this flow.
@@ -100,7 +144,7 @@ def pipeline(repo_dir: str = ".", until: str | None = None):
     stages = dvc_stages(root)
     if until is not None and until not in stages:
         return Failed(message=f"unknown stage {until!r}; dvc.yaml has: {', '.join(stages)}")
-    summary = {}
+    summary, decision = {}, None
     for stage in stages:
         state = run_dvc_stage(stage, root, return_state=True)
         if state.is_failed():
@@ -108,8 +152,18 @@ def pipeline(repo_dir: str = ".", until: str | None = None):
         summary[stage] = state.result()
         if stage == "evaluate":
             publish_metrics(root)
+        if stage == "gate":
+            decision = publish_decision(root)
         if stage == until:
-            break
+            return summary
+    if promote and decision is not None:
+        if decision["passed"]:
+            state = promote_challenger(root, return_state=True)
+            if state.is_failed():
+                return Failed(message=state.message)
+            summary["promote"] = state.result()
+        else:
+            summary["promote"] = f"not promoted ({decision['verdict']}): {'; '.join(decision['reasons'])}"
     return summary
 
 
@@ -119,8 +173,8 @@ def main() -> None:
     if state.is_failed():
         print(f"pipeline stopped: {state.message}", file=sys.stderr)
         sys.exit(1)
-    for stage, status in state.result().items():
-        print(f"{stage:>9}: {status}")
+    for step, status in state.result().items():
+        print(f"{step:>9}: {status}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ line of `tasks.features.feature_rows` columns, which the monitor stage compares 
 
 Settings, from the environment:
     IMAGE_CLASSIFIER_MODEL        model tag to serve; default: the tag the Bento was built with
-                                  (`--arg model=...`), else `<package.model_name>:latest`
+                                  (`--arg model=...`), else the production model of
+                                  deploy/production.json, else `<package.model_name>:latest`
     IMAGE_CLASSIFIER_TRAFFIC_DIR  folder of the traffic logs; default `monitor.traffic_dir` of
                                   params.yaml (data/traffic); relative to where `bentoml serve` started
 """
@@ -46,6 +47,7 @@ from tasks.bundle import load_bundle, preprocess, read_meta
 from tasks.config import load_params
 from tasks.features import FEATURE_COLUMNS, feature_rows
 from tasks.images import decode_upload, to_rgb
+from tasks.production import POINTER, current_model
 
 MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
 TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
@@ -59,12 +61,14 @@ logger = logging.getLogger("bentoml.image_classifier")
 
 
 def model_tag() -> str:
-    """The environment's choice, else the tag the Bento was built with, else the newest version.
+    """The environment's choice, else the tag the Bento was built with, else the production model
+    (tasks/production.py), else the newest version.
 
     params.yaml is that of the served folder: the project root, or the copy a Bento carries.
     """
     built_with = getattr(bentoml.use_arguments(), "model", None)
-    return os.environ.get(MODEL_ENV) or built_with or f"{load_params().package.model_name}:latest"
+    return (os.environ.get(MODEL_ENV) or built_with or current_model(launch_dir() / POINTER)
+            or f"{load_params().package.model_name}:latest")
 
 
 def launch_dir() -> Path:
@@ -210,13 +214,14 @@ class ClassifierModel:
 
     @bentoml.api(batchable=True, max_batch_size=MAX_IMAGES, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed images (N, 3, S, S) -> (N, classes + embedding dims): probabilities, then embedding.
+        """Preprocessed images (N, 3, S, S) -> (N, classes + embedding dims): calibrated probabilities
+        (with the bundle's test-time augmentation), then the embedding.
 
         One array out, because the batcher splits a single array back into the callers' shares.
         """
         logger.debug("forward pass over a batch of %d images", len(batch))
         logits, features = self.bundle.logits_and_features(torch.tensor(batch))  # a copy: arrives read-only
-        probs = logits.softmax(dim=1).numpy()
+        probs = self.bundle.probabilities(logits)
         return np.concatenate([probs, self.bundle.project(features)], axis=1).astype(np.float32)
 
 

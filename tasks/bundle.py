@@ -1,7 +1,8 @@
 """The model bundle: weights in safetensors plus a JSON sidecar, and everything needed to use them.
 
     models/model.safetensors   backbone + head weights, and the embedding projection
-    models/model.json          labels, backbone, input size, mean/std, eval crop share, projection size
+    models/model.json          labels, backbone, input size, mean/std, eval crop share, projection size,
+                               calibration temperature and test-time augmentation
 
 Training, evaluation, the service and monitoring all load it through `load_bundle`, so images are
 preprocessed, classified and embedded the same way everywhere. Nothing is unpickled.
@@ -39,22 +40,31 @@ class Bundle:
     crop_pct: float
     projection_mean: torch.Tensor  # (D,)
     projection: torch.Tensor  # (D, EMBEDDING_DIMS)
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature) (tasks/calibration.py)
+    tta: str = "none"  # hflip: logits are the mean over the image and its mirror image
     device: torch.device = torch.device("cpu")
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return preprocess(images, self.image_size, self.mean, self.std, self.crop_pct)
 
     @torch.inference_mode()
-    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_and_features(self, batch: torch.Tensor, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated logits (N, C) and backbone features (N, D), with the bundle's test-time
+        augmentation unless `tta` overrides it."""
         self.model.eval()
         batch = batch.to(self.device)
         features = pooled_features(self.model, batch)
         logits = head_logits(self.model, features)
+        if (tta or self.tta) == "hflip":
+            logits = (logits + head_logits(self.model, pooled_features(self.model, batch.flip(-1)))) / 2
         return logits.float().cpu(), features.float().cpu()
 
+    def probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """Calibrated class probabilities from logits_and_features' logits."""
+        return torch.softmax(logits.float() / self.temperature, dim=1).numpy()
+
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        logits, _ = self.logits_and_features(batch)
-        return torch.softmax(logits, dim=1).numpy()
+        return self.probabilities(self.logits_and_features(batch)[0])
 
     def project(self, features: torch.Tensor) -> np.ndarray:
         """Backbone features -> the low-dimensional embedding that drift monitoring compares."""
@@ -99,6 +109,8 @@ def read_meta(bundle_dir: str | Path) -> dict:
     meta = json.loads((bundle_dir / META_FILE).read_text())
     meta.setdefault("crop_pct", 1.0)  # bundles from before the key resized straight to image_size
     meta.setdefault("background", [255, 255, 255])  # and composited transparency on white
+    meta.setdefault("temperature", 1.0)  # and were not calibrated
+    meta.setdefault("tta", "none")
     return meta
 
 
@@ -121,5 +133,7 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
         crop_pct=float(meta["crop_pct"]),
         projection_mean=projection_mean,
         projection=projection,
+        temperature=float(meta["temperature"]),
+        tta=meta["tta"],
     )
     return bundle.to(device)

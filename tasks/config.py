@@ -196,8 +196,22 @@ class TrainParams(Section):
         return self
 
 
+class InferenceParams(Section):
+    temperature_scaling: bool
+    tta: Literal["none", "hflip"]
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(ge=1)
+    top_k: int = Field(ge=1)
+    calibration_bins: int = Field(ge=2, le=100)
+    worst_mistakes: int = Field(ge=0, le=100)
+    slice_buckets: int = Field(ge=1, le=10)
+
+
+class GateParams(Section):
+    margin: float = Field(ge=0.0, le=1.0, description="accuracy the challenger must gain over the champion")
+    alpha: float = Field(gt=0.0, lt=1.0, description="significance level of McNemar's exact test")
 
 
 class PackageParams(Section):
@@ -217,7 +231,9 @@ class Params(Section):
     clean: CleanParams
     split: SplitParams
     train: TrainParams
+    inference: InferenceParams
     evaluate: EvaluateParams
+    gate: GateParams
     package: PackageParams
     monitor: MonitorParams
 

@@ -1,96 +1,126 @@
-"""Evaluate stage: how well the trained bundle classifies the held-out test split.
+"""Evaluate stage: where the trained bundle succeeds and fails on the held-out test split.
 
-Writes
-    reports/evaluate/metrics.json        accuracy, macro F1, per-class precision/recall/F1 (dvc metrics)
-    reports/evaluate/confusion_matrix.png
-    reports/evaluate/predictions.csv     file, label, prediction, confidence (dvc plots: confusion)
+Probabilities are the bundle's own: its test-time augmentation, then its temperature (fitted on
+the validation split by the train stage), exactly as the gate and the service compute them.
+
+Writes under reports/evaluate/
+    metrics.json          accuracy, balanced accuracy, macro/weighted F1, top-k, log loss, ECE with and
+                          without the temperature, per-class and per-slice figures (dvc metrics)
+    predictions.csv       per image: label, prediction, confidence, image properties (dvc plots: confusion)
+    per_class.csv         precision, recall, F1, support per class (dvc plots: bars)
+    reliability.csv       confidence vs accuracy per bin (dvc plots: calibration curve)
+    slices.csv            accuracy per brightness and size bucket
+    confusion_matrix.png  counts and row-normalized;  reliability.png  before and after calibration
+    worst_mistakes.png    the most confident wrong predictions
+    report.html           all of the above on one self-contained page (tasks/report.py)
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from PIL import Image, ImageStat
 
 from tasks.bundle import Bundle, load_bundle
+from tasks.calibration import reliability, softmax
 from tasks.cli import run_stage
-from tasks.config import Params
+from tasks.config import Params, UserError
+from tasks.evaluation_plots import plot_confusion, plot_reliability, plot_worst_mistakes
 from tasks.images import open_rgb
-from tasks.train import MODEL_DIR, pick_device, read_split
+from tasks.metrics import classification_metrics, slice_metrics
+from tasks.report import write_report
+from tasks.train import CURVES_PNG, MODEL_DIR, pick_device, read_split
 
 REPORT_DIR = Path("reports/evaluate")
 METRICS_JSON = REPORT_DIR / "metrics.json"
-CONFUSION_PNG = REPORT_DIR / "confusion_matrix.png"
 PREDICTIONS_CSV = REPORT_DIR / "predictions.csv"
+PER_CLASS_CSV = REPORT_DIR / "per_class.csv"
+RELIABILITY_CSV = REPORT_DIR / "reliability.csv"
+SLICES_CSV = REPORT_DIR / "slices.csv"
+CONFUSION_PNG = REPORT_DIR / "confusion_matrix.png"
+RELIABILITY_PNG = REPORT_DIR / "reliability.png"
+MISTAKES_PNG = REPORT_DIR / "worst_mistakes.png"
+REPORT_HTML = REPORT_DIR / "report.html"
+SLICE_PROPERTIES = {"brightness": "", "short_side": "px"}  # property -> unit in the bucket names
 
 
-def predict_files(bundle: Bundle, files: list[Path], batch_size: int) -> np.ndarray:
-    """Class probabilities (N, C) for image files, in batches."""
-    parts = []
+def predict_files(bundle: Bundle, files: list[Path], batch_size: int, tta: str | None = None
+                  ) -> tuple[np.ndarray, pd.DataFrame]:
+    """Uncalibrated logits (N, C) of image files, in batches, and each image's brightness and size."""
+    logits, properties = [], []
     for start in range(0, len(files), batch_size):
         images = [open_rgb(f) for f in files[start:start + batch_size]]
-        parts.append(bundle.predict_proba(bundle.preprocess(images)))
-    return np.concatenate(parts)
+        logits.append(bundle.logits_and_features(bundle.preprocess(images), tta=tta)[0].numpy())
+        properties += [image_properties(img) for img in images]
+    return np.concatenate(logits), pd.DataFrame(properties)
 
 
-def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
-    report = classification_report(y_true, y_pred, labels=labels, output_dict=True, zero_division=0)
-    return {
-        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
-        "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4),
-        "test_images": len(y_true),
-        "per_class": {
-            label: {
-                "precision": round(report[label]["precision"], 4),
-                "recall": round(report[label]["recall"], 4),
-                "f1": round(report[label]["f1-score"], 4),
-                "support": int(report[label]["support"]),
-            }
-            for label in labels
-        },
-    }
-
-
-def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], out: Path) -> None:
-    counts = confusion_matrix(y_true, y_pred, labels=labels)
-    size = max(4.0, 0.6 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix, test split (accuracy {accuracy_score(y_true, y_pred):.3f})")
-    for (i, j), n in np.ndenumerate(counts):
-        if n:
-            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+def image_properties(img: Image.Image) -> dict:
+    """Mean luminance (0-255) and shorter side in pixels: the properties sliced on."""
+    return {"brightness": round(ImageStat.Stat(img.convert("L")).mean[0], 1), "short_side": min(img.size)}
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
+    cfg = params.evaluate
     bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.train.device))
     test = read_split(workdir, "test")
-    probs = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
-    y_true = test["label"].tolist()
-    y_pred = [bundle.labels[i] for i in probs.argmax(1)]
-    metrics = compute_metrics(y_true, y_pred, bundle.labels)
+    files = [workdir / f for f in test["file"]]
+    targets = np.array([bundle.labels.index(label) if label in bundle.labels else -1 for label in test["label"]])
+    if (targets < 0).any():
+        unknown = sorted(set(test["label"]) - set(bundle.labels))
+        raise UserError(f"test images of classes {unknown} the model was not trained on; re-run dvc repro train")
 
-    (workdir / REPORT_DIR).mkdir(parents=True, exist_ok=True)
+    logits, properties = predict_files(bundle, files, cfg.batch_size)
+    probs, plain = softmax(logits, bundle.temperature), softmax(logits)
+    metrics = classification_metrics(targets, probs, bundle.labels, cfg.top_k, cfg.calibration_bins)
+    uncalibrated = classification_metrics(targets, plain, bundle.labels, cfg.top_k, cfg.calibration_bins)
+    metrics.update({"ece_uncalibrated": uncalibrated["ece"], "log_loss_uncalibrated": uncalibrated["log_loss"],
+                    "temperature": bundle.temperature})
+    if bundle.tta != "none":  # what the test-time augmentation buys
+        no_tta = softmax(predict_files(bundle, files, cfg.batch_size, tta="none")[0], bundle.temperature)
+        metrics["accuracy_without_tta"] = round(float((no_tta.argmax(1) == targets).mean()), 4)
+
+    predicted = probs.argmax(1)
+    predictions = pd.DataFrame({
+        "file": test["file"], "label": test["label"], "prediction": [bundle.labels[i] for i in predicted],
+        "confidence": probs.max(1).round(4),
+        "true_class_probability": probs[np.arange(len(targets)), targets].round(4),
+        "correct": predicted == targets, **{k: properties[k] for k in SLICE_PROPERTIES},
+    })
+    slices = slice_metrics(predictions, SLICE_PROPERTIES, cfg.slice_buckets)
+    metrics["slices"] = {prop: {row.bucket: row.accuracy for row in part.itertuples()}
+                         for prop, part in slices.groupby("property", sort=False)}
+
+    out = workdir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
     (workdir / METRICS_JSON).write_text(json.dumps(metrics, indent=2))
-    plot_confusion(y_true, y_pred, bundle.labels, workdir / CONFUSION_PNG)
-    pd.DataFrame({
-        "file": test["file"], "label": y_true, "prediction": y_pred, "confidence": probs.max(1).round(4),
-    }).to_csv(workdir / PREDICTIONS_CSV, index=False)
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "test_images": len(y_true)}
+    predictions.to_csv(workdir / PREDICTIONS_CSV, index=False)
+    per_class = pd.DataFrame([{"class": label, **values} for label, values in metrics["per_class"].items()])
+    per_class.to_csv(workdir / PER_CLASS_CSV, index=False)
+    calibrated = reliability(probs, targets, cfg.calibration_bins)
+    calibrated.to_csv(workdir / RELIABILITY_CSV, index=False)
+    slices.to_csv(workdir / SLICES_CSV, index=False)
+
+    plot_confusion(targets, predicted, bundle.labels, workdir / CONFUSION_PNG)
+    plot_reliability({
+        f"uncalibrated (ECE {metrics['ece_uncalibrated']:.3f})": reliability(plain, targets, cfg.calibration_bins),
+        f"temperature {bundle.temperature:.2f} (ECE {metrics['ece']:.3f})": calibrated,
+    }, workdir / RELIABILITY_PNG)
+    mistakes = predictions[~predictions["correct"]].sort_values("confidence", ascending=False)
+    worst = mistakes.head(cfg.worst_mistakes)
+    plot_worst_mistakes([open_rgb(workdir / f) for f in worst["file"]],
+                        [f"true {r.label}, predicted {r.prediction}\n"
+                         f"confidence {r.confidence:.2f}, p(true) {r.true_class_probability:.2f}"
+                         for r in worst.itertuples()],
+                        len(mistakes), len(predictions), workdir / MISTAKES_PNG)
+    write_report(workdir / REPORT_HTML, bundle, metrics, per_class, slices, figures={
+        "Confusion matrix": workdir / CONFUSION_PNG, "Calibration": workdir / RELIABILITY_PNG,
+        "Worst mistakes": workdir / MISTAKES_PNG, "Training curves": workdir / CURVES_PNG,
+    })
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_uncalibrated", "test_images")} | {
+        "report": str(REPORT_HTML)}
 
 
 if __name__ == "__main__":

@@ -33,5 +33,5 @@ def feature_rows(images: list[Image.Image], probs: np.ndarray, embeddings: np.nd
 def profile_images(bundle: Bundle, images: list[Image.Image]) -> list[dict]:
     """Run the model on RGB images and return their feature rows."""
     logits, features = bundle.logits_and_features(bundle.preprocess(images))
-    probs = logits.softmax(dim=1).numpy()
+    probs = bundle.probabilities(logits)  # calibrated, as the service logs them
     return feature_rows(images, probs, bundle.project(features), bundle.labels)

@@ -34,6 +34,7 @@ from tasks.augment import batch_mix, eval_transform, train_transform
 from tasks.backbones import create_backbone, head_module, pooled_features, resolve_inputs
 from tasks.batch_augment import BatchAugment, normalize, uses_image_cache
 from tasks.bundle import fit_projection, save_bundle
+from tasks.calibration import expected_calibration_error, fit_temperature, softmax
 from tasks.cli import run_stage
 from tasks.config import Params, TrainParams, UserError
 from tasks.distributed import World, join_world, leave_world
@@ -209,11 +210,13 @@ def finish(params, workdir, model, trained, best_weights, backbone, crop_pct, la
     val_in = (cached_images(val_df, workdir, class_indices(val_df, labels), cfg, crop_pct, batch_size, device,
                             alone, backbone, train=False, augment=False))
     val = evaluate(model, val_in, len(labels), device, alone)
+    calibration = calibrate(model, val_in, params, device)
     meta = {
         "labels": labels, "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
         "mean": list(backbone.mean), "std": list(backbone.std), "crop_pct": crop_pct,
         # Uploads with transparency are composited on the colour the training images were.
         "background": list(params.clean.background),
+        "temperature": calibration["temperature"], "tta": params.inference.tta,
     }
     save_bundle(workdir / MODEL_DIR, model, meta, fit_projection(train_features))
 
@@ -226,12 +229,34 @@ def finish(params, workdir, model, trained, best_weights, backbone, crop_pct, la
         "strategy": cfg.strategy, "backbone": cfg.backbone, "device": str(device), **setup,
         "epochs_run": len(frame), "best_epoch": stopper.best_epoch,
         "train_images": len(train_df), "val_acc": round(val["acc"], 4), "val_macro_f1": round(val["macro_f1"], 4),
+        **calibration,
         "train_seconds": round(float(frame["seconds"].sum()), 2),
         "train_img_s": round(float(steady.mean()), 1),
         "peak_memory_mb": round(float(frame["peak_memory_mb"].max()), 1),
     }
     (workdir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def calibrate(model: nn.Module, val_in, params: Params, device: torch.device) -> dict:
+    """The bundle's temperature, fitted on the validation logits as the bundle will compute them
+    (with its test-time augmentation); and the validation ECE without and with it."""
+    logits, targets = [], []
+    model.eval()
+    with torch.inference_mode():
+        for inputs, labels in val_in.batches():
+            with autocast(device):
+                out = model(inputs).float()
+                if params.inference.tta == "hflip":
+                    out = (out + model(inputs.flip(-1)).float()) / 2
+            logits.append(out.cpu())
+            targets.append(labels.cpu())
+    logits, targets = torch.cat(logits), torch.cat(targets)
+    temperature = round(fit_temperature(logits, targets), 4) if params.inference.temperature_scaling else 1.0
+    logits, targets = logits.numpy(), targets.numpy()
+    return {"temperature": temperature,
+            "val_ece_uncalibrated": round(expected_calibration_error(softmax(logits), targets), 4),
+            "val_ece": round(expected_calibration_error(softmax(logits, temperature), targets), 4)}
 
 
 def train_epoch(step, trained, batches, order_gen, augment_gen, mix, scheduler, ema, num_classes, device, world,

@@ -13,6 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
+from tasks.production import POINTER, current_model
 from tests.conftest import PROJECT_ROOT, write_image_set
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def scratch_repo(tmp_path: Path, classes: dict[str, int], **train) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(PROJECT_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    for code in ("tasks", "service"):  # stage dependencies in dvc.yaml
+    for code in ("tasks", "service", "deploy"):  # stage dependencies in dvc.yaml
         shutil.copytree(PROJECT_ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["data"]["root"] = "images"
@@ -67,28 +68,62 @@ def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, m
     stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
 
     first = pipeline(repo_dir=str(repo))
-    assert first == {stage: "ran" for stage in stages}
+    package = json.loads((repo / "reports/package/bento.json").read_text())
+    assert first == {**{stage: "ran" for stage in stages}, "promote": f"promoted {package['model_tag']}"}
     for artifact in [
         "data/manifest.csv", "reports/validate/data_docs/index.html", "data/clean/quarantine.csv",
         "data/split/test.csv", "models/model.safetensors", "reports/evaluate/confusion_matrix.png",
-        "reports/package/bento.json", "reports/monitor/drift.html",
+        "reports/evaluate/report.html", "reports/gate/decision.json", "reports/package/bento.json",
+        "reports/monitor/drift.html",
     ]:
         assert (repo / artifact).is_file(), artifact
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages)
+    assert current_model(repo / POINTER) == package["model_tag"]
 
     table = read_artifact("evaluation-metrics")
     assert table is not None and "accuracy" in table["description"]
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert {row["class"] for row in json.loads(table["data"])} == set(metrics["per_class"])
+    report = read_artifact("evaluation-report")
+    assert (repo / "reports/evaluate/report.html").as_uri() in report["data"]
 
-    assert pipeline(repo_dir=str(repo)) == {stage: "skipped (up to date)" for stage in stages}
+    # The promotion changed production, so only the gate looks again: the champion is this model.
+    second = pipeline(repo_dir=str(repo))
+    assert second["gate"] == "ran" and second["promote"].startswith("not promoted (already in production)")
+    assert all(second[s] == "skipped (up to date)" for s in stages if s != "gate")
+    third = pipeline(repo_dir=str(repo))
+    assert {s: third[s] for s in stages} == {stage: "skipped (up to date)" for stage in stages}
 
     set_train(repo, lr=0.01)  # another learning rate: the model and everything after it change
-    third = pipeline(repo_dir=str(repo))
+    fourth = pipeline(repo_dir=str(repo))
     upstream = stages[: stages.index("train")]
-    assert {s: third[s] for s in upstream} == {s: "skipped (up to date)" for s in upstream}
-    assert all(third[s] == "ran" for s in stages[stages.index("train"):])
+    assert {s: fourth[s] for s in upstream} == {s: "skipped (up to date)" for s in upstream}
+    assert all(fourth[s] == "ran" for s in stages[stages.index("train"):])
+
+
+def test_flow_stops_before_promotion_when_the_gate_refuses(tmp_path, monkeypatch, prefect_api, caplog):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    repo = scratch_repo(tmp_path, {"cat": 10, "dog": 10, "fox": 10}, epochs=3, lr=0.005)
+    pipeline(repo_dir=str(repo))
+    champion = current_model(repo / POINTER)
+    pointer = (repo / POINTER).read_bytes()
+    assert champion is not None
+
+    set_train(repo, epochs=1, lr=1e-9)  # a challenger whose new head never learned
+    with caplog.at_level("WARNING"):
+        summary = pipeline(repo_dir=str(repo))
+
+    decision = json.loads((repo / "reports/gate/decision.json").read_text())
+    assert decision["verdict"] == "refuse" and decision["champion"]["model"] == champion
+    reason = decision["reasons"][0]
+    assert summary["package"] == "ran"
+    assert summary["promote"] == f"not promoted (refuse): {'; '.join(decision['reasons'])}"
+    assert (repo / POINTER).read_bytes() == pointer  # production still points at the champion
+    artifact = read_artifact("gate-decision")
+    assert artifact["description"].startswith("refuse: ") and reason in artifact["data"]
+    assert champion in artifact["data"]
+    assert any("gate: refuse" in record.getMessage() and reason in record.getMessage() for record in caplog.records)
 
 
 def test_flow_stops_with_the_stage_reason_on_bad_data(tmp_path, prefect_api):

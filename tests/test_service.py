@@ -24,7 +24,7 @@ import torch
 from tasks import package
 from tasks.augment import eval_transform
 from tasks.backbones import create_backbone, pooled_features
-from tasks.bundle import fit_projection, save_bundle
+from tasks.bundle import fit_projection, load_bundle, save_bundle
 from tasks.config import UserError
 from tasks.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tasks.images import open_rgb
@@ -32,6 +32,7 @@ from tests.conftest import make_params, write_image_set
 
 CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog images green
 IMAGE_SIZE = 32
+TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperature
 TRAFFIC = "traffic"  # relative: the service resolves it against the folder `bentoml serve` started in
 
 
@@ -59,6 +60,7 @@ def write_evaluated_bundle(workdir: Path) -> None:
         "mean": list(backbone.mean),
         "std": list(backbone.std),
         "crop_pct": backbone.crop_pct,
+        "temperature": TEMPERATURE,
     }
     save_bundle(workdir / "models", model, meta, fit_projection(features.detach()))
 
@@ -202,6 +204,12 @@ def test_upload_gets_the_right_label(server: dict, samples: dict[str, Path]):
     assert [p["label"] for p in result["predictions"]] == ["dog", "cat"]  # top_k: 3 capped at 2 classes
     assert result["predictions"][0]["probability"] > 0.5
     assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1.0, abs=1e-4)
+    # Calibrated: what evaluation computes with the bundle's temperature, not the plain softmax.
+    bundle = load_bundle(server["workdir"] / "models")
+    logits = bundle.logits_and_features(bundle.preprocess([open_rgb(samples["dog"])]))[0]
+    calibrated = bundle.probabilities(logits)[0]
+    assert result["predictions"][0]["probability"] == pytest.approx(calibrated.max(), abs=1e-4)
+    assert abs(calibrated.max() - logits.softmax(1).max().item()) > 0.01
 
 
 @pytest.mark.slow

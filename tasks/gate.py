@@ -1,0 +1,115 @@
+"""Gate stage: may the newly trained model (challenger) replace the production model (champion)?
+
+Both are scored on the same current test split. McNemar's exact test looks only at the images on
+which they disagree: b = the champion is right and the challenger wrong, c = the reverse. Under
+"equally good" each disagreement is a fair coin, so the two-sided p-value is a binomial tail of
+min(b, c) out of b + c. The challenger passes when
+
+    there is no champion yet, or
+    it is not significantly worse (not: b > c with p < gate.alpha), and
+    its accuracy beats the champion's by at least gate.margin.
+
+The champion is the model named in deploy/production.json (tasks/production.py), loaded from the
+BentoML model store and run with its own preprocessing, calibration and test-time augmentation.
+The challenger's predictions are those of the evaluate stage. Writes reports/gate/decision.json;
+`python -m tasks.production promote` acts on it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from tasks.bundle import WEIGHTS_FILE, load_bundle
+from tasks.cli import run_stage
+from tasks.config import Params, UserError
+from tasks.evaluate import PREDICTIONS_CSV, predict_files
+from tasks.package import sha256
+from tasks.production import DECISION_JSON, POINTER, read_pointer
+from tasks.train import MODEL_DIR, pick_device, read_split
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c one-sided disagreements (1.0 when there are none)."""
+    return 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+
+
+def decide(challenger_correct: np.ndarray, champion_correct: np.ndarray | None, margin: float, alpha: float) -> dict:
+    """The gate's verdict from per-image correctness (bool arrays over the same test images)."""
+    n = len(challenger_correct)
+    decision = {"passed": True, "verdict": "promote", "reasons": [], "test_images": n,
+                "challenger_accuracy": round(float(challenger_correct.mean()), 4), "champion_accuracy": None,
+                "improvement": None, "champion_only_right": None, "challenger_only_right": None,
+                "p_value": None, "margin": margin, "alpha": alpha}
+    if champion_correct is None:
+        decision["reasons"] = ["there is no production model yet: the first model passes"]
+        return decision
+    b = int((champion_correct & ~challenger_correct).sum())
+    c = int((challenger_correct & ~champion_correct).sum())
+    p = mcnemar_exact(b, c)
+    gain = (c - b) / n
+    decision.update({"champion_accuracy": round(float(champion_correct.mean()), 4), "improvement": round(gain, 4),
+                     "champion_only_right": b, "challenger_only_right": c, "p_value": round(p, 6)})
+    tally = f"(they disagree on {b + c} of {n} images: champion right on {b}, challenger right on {c})"
+    worse = b > c and p < alpha
+    if worse:
+        decision["reasons"].append(f"the challenger is significantly worse: McNemar p = {p:.4g} < {alpha} {tally}")
+    if c - b < margin * n - 1e-9:  # counts, not rounded accuracies
+        decision["reasons"].append(f"accuracy gain {gain:+.4f} is below the margin {margin} {tally}"
+                                   + ("" if worse else f"; McNemar p = {p:.3g}"))
+    if decision["reasons"]:
+        decision.update(passed=False, verdict="refuse")
+    else:
+        significance = "significant" if p < alpha else "not significant, but not worse"
+        decision["reasons"] = [f"accuracy gain {gain:+.4f} meets the margin {margin}; McNemar p = {p:.3g} "
+                               f"({significance} at {alpha}) {tally}"]
+    return decision
+
+
+def run(params: Params, workdir: Path = Path(".")) -> dict:
+    test = read_split(workdir, "test")
+    challenger = pd.read_csv(workdir / PREDICTIONS_CSV, dtype={"label": str, "prediction": str},
+                             keep_default_na=False) if (workdir / PREDICTIONS_CSV).is_file() else None
+    if challenger is None or challenger["file"].tolist() != test["file"].tolist():
+        raise UserError(f"{PREDICTIONS_CSV} does not match the test split; run dvc repro evaluate first")
+    challenger_sha = sha256(workdir / MODEL_DIR / WEIGHTS_FILE)
+    champion = read_pointer(workdir / POINTER)["current"]
+    challenger_correct = (challenger["prediction"] == challenger["label"]).to_numpy()
+    if champion is None:
+        decision = decide(challenger_correct, None, params.gate.margin, params.gate.alpha)
+    elif champion["weights_sha256"] == challenger_sha:
+        decision = decide(challenger_correct, None, params.gate.margin, params.gate.alpha)
+        decision.update(passed=False, verdict="already in production", improvement=0.0,
+                        champion_accuracy=decision["challenger_accuracy"],
+                        reasons=[f"the challenger is the production model {champion['model']} (same weights)"])
+    else:
+        champion_correct = score_champion(champion["model"], test, workdir, params)
+        decision = decide(challenger_correct, champion_correct, params.gate.margin, params.gate.alpha)
+    decision["challenger"] = {"weights_sha256": challenger_sha, "accuracy": decision["challenger_accuracy"]}
+    decision["champion"] = None if champion is None else {
+        "model": champion["model"], "weights_sha256": champion["weights_sha256"],
+        "accuracy": decision["champion_accuracy"]}
+    (workdir / DECISION_JSON).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / DECISION_JSON).write_text(json.dumps(decision, indent=2))
+    return {"verdict": decision["verdict"], "reasons": decision["reasons"]}
+
+
+def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) -> np.ndarray:
+    """Per-image correctness of the production model on the test split."""
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise UserError(f"the production model {tag} ({POINTER}) is not in this machine's BentoML store; import "
+                        "it (bentoml models import) or roll back (python -m tasks.production rollback)") from None
+    bundle = load_bundle(model.path, device=pick_device(params.train.device))
+    logits, _ = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
+    predicted = np.array(bundle.labels)[logits.argmax(1)]  # a class the champion lacks is simply never right
+    return predicted == test["label"].to_numpy()
+
+
+if __name__ == "__main__":
+    run_stage("gate", run)

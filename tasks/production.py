@@ -1,0 +1,140 @@
+"""The production pointer: which packaged model is in production, and the ones before it.
+
+    deploy/production.json   {"current": <entry> | null, "previous": [<entry> | null, ...]}
+
+An entry names a BentoML model and the Bento that serves it, with the evidence it was promoted on.
+The file is small and versioned with the code (commit it after a promotion), so `git log` of it is
+the deployment history. `previous` is a stack, newest first: promote pushes, rollback pops, so a
+rollback restores the file exactly as it was before the promotion.
+
+    python -m tasks.production            # show
+    python -m tasks.production promote    # the challenger the gate passed (reports/gate/decision.json)
+    python -m tasks.production rollback   # back to the previous production model
+    python -m tasks.production bento      # the production Bento's tag: bentoml serve $(...)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tasks.config import UserError
+
+POINTER = Path("deploy/production.json")
+DECISION_JSON = Path("reports/gate/decision.json")
+PACKAGE_JSON = Path("reports/package/bento.json")
+
+
+def read_pointer(path: Path) -> dict:
+    """The pointer file; a missing file means no production model yet."""
+    if not path.is_file():
+        return {"current": None, "previous": []}
+    try:
+        pointer = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON; restore it from git (git checkout -- {path})") from None
+    if not isinstance(pointer, dict) or set(pointer) != {"current", "previous"}:
+        raise UserError(f"{path} must hold exactly 'current' and 'previous'; restore it from git")
+    return pointer
+
+
+def write_pointer(path: Path, pointer: dict) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(json.dumps(pointer, indent=2) + "\n")
+    os.replace(tmp.name, path)
+
+
+def current_model(path: Path) -> str | None:
+    entry = read_pointer(path)["current"]
+    return entry["model"] if entry else None
+
+
+def promote(workdir: Path = Path("."), force: bool = False) -> dict:
+    """Point production at the packaged challenger, if the gate passed exactly that model."""
+    decision, package = _read_json(workdir / DECISION_JSON), _read_json(workdir / PACKAGE_JSON)
+    pointer = read_pointer(workdir / POINTER)
+    judged = decision["challenger"]["weights_sha256"]
+    if judged != package["metadata"]["weights_sha256"]:
+        raise UserError("the packaged model is not the one the gate judged; run dvc repro (gate, package) first")
+    champion = decision["champion"]["model"] if decision["champion"] else None
+    if champion != current_model(workdir / POINTER):
+        raise UserError(f"production has changed since the gate ran (it compared with {champion}); "
+                        "run dvc repro gate again")
+    if decision["verdict"] == "already in production":
+        return pointer["current"]
+    if not decision["passed"] and not force:
+        raise UserError(f"the gate refused this challenger: {'; '.join(decision['reasons'])}. "
+                        "Promote only what passes (or pass --force to overrule the gate)")
+    _check_in_store(package["model_tag"], package.get("bentoml_home"))
+    entry = {
+        "model": package["model_tag"], "bento": package["bento_tag"], "weights_sha256": judged,
+        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gate": "forced" if not decision["passed"] else "passed",
+        "test_accuracy": decision["challenger"]["accuracy"], "champion": champion,
+        "p_value": decision["p_value"], "reasons": decision["reasons"],
+    }
+    write_pointer(workdir / POINTER, {"current": entry, "previous": [pointer["current"], *pointer["previous"]]})
+    return entry
+
+
+def rollback(workdir: Path = Path(".")) -> dict | None:
+    """Point production back at the model before the current one (None: no production model)."""
+    pointer = read_pointer(workdir / POINTER)
+    if not pointer["previous"]:
+        raise UserError(f"nothing to roll back to: {POINTER} records no earlier production model")
+    back, *rest = pointer["previous"]
+    if back is not None:
+        _check_in_store(back["model"])
+    write_pointer(workdir / POINTER, {"current": back, "previous": rest})
+    return back
+
+
+def _check_in_store(tag: str, home: str | None = None) -> None:
+    """The model is in the BentoML store at `home` (default: $BENTOML_HOME, else ~/bentoml).
+
+    Read from the store's folder layout (<home>/models/<name>/<version>/model.yaml) rather than
+    through BentoML, which fixes its home once per process.
+    """
+    home = Path(home or os.environ.get("BENTOML_HOME") or "~/bentoml").expanduser()
+    name, _, version = tag.partition(":")
+    if not (home / "models" / name / version / "model.yaml").is_file():
+        raise UserError(f"model {tag} is not in the BentoML model store under {home}; "
+                        "bring it over with bentoml models export / import")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the pipeline first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def main(argv: list[str]) -> None:
+    command = argv[0] if argv else "show"
+    try:
+        if command == "promote":
+            entry = promote(force="--force" in argv[1:])
+            print(f"production: {entry['model']} (serve: bentoml serve {entry['bento']})")
+        elif command == "rollback":
+            entry = rollback()
+            print(f"production: {entry['model'] if entry else 'none (no production model)'}")
+        elif command == "show":
+            print(json.dumps(read_pointer(POINTER), indent=2))
+        elif command == "bento":
+            entry = read_pointer(POINTER)["current"]
+            if entry is None:
+                raise UserError("no production model yet; run the pipeline, then python -m tasks.production promote")
+            print(entry["bento"])
+        else:
+            raise UserError(f"unknown command {command!r}; use show, promote [--force], rollback or bento")
+    except UserError as err:
+        print(f"production: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
