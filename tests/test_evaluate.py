@@ -130,3 +130,15 @@ def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_p
     assert "Expected calibration error" in page and "cat" in page
     reliability_csv = pd.read_csv(tmp_path / evaluate.RELIABILITY_CSV)
     assert reliability_csv["count"].sum() == 6
+
+    # Flip test-time augmentation: the mean of the logits of each image and its mirror image.
+    batch = bundle.preprocess([open_rgb(first)])
+    plain = bundle.logits_and_features(batch)[0]
+    mirrored = bundle.logits_and_features(batch.flip(-1))[0]
+    assert torch.allclose(bundle.logits_and_features(batch, tta="hflip")[0], (plain + mirrored) / 2, atol=1e-5)
+    meta_file = tmp_path / train.MODEL_DIR / "model.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "tta": "hflip"}))
+    evaluate.run(params, tmp_path)
+    metrics = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
+    assert "accuracy_without_tta" in metrics and "Accuracy without test-time augmentation" in (
+        tmp_path / evaluate.REPORT_HTML).read_text()
