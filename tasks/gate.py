@@ -59,8 +59,8 @@ def decide(challenger_correct: np.ndarray, champion_correct: np.ndarray | None, 
     if worse:
         decision["reasons"].append(f"the challenger is significantly worse: McNemar p = {p:.4g} < {alpha} {tally}")
     if c - b < margin * n - 1e-9:  # counts, not rounded accuracies
-        decision["reasons"].append(f"accuracy gain {gain:+.4f} is below the margin {margin} {tally}"
-                                   + ("" if worse else f"; McNemar p = {p:.3g}"))
+        decision["reasons"].append(f"accuracy gain {gain:+.4f} is below the margin {margin}"
+                                   + ("" if worse else f" {tally}; McNemar p = {p:.3g}"))
     if decision["reasons"]:
         decision.update(passed=False, verdict="refuse")
     else:
