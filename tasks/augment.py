@@ -16,9 +16,10 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from tasks.backbones import input_config, resolve_inputs
-from tasks.batch_augment import uses_image_cache
+from tasks.batch_augment import BatchAugment, uses_image_cache
 from tasks.cli import run_stage
 from tasks.config import AugmentParams, Params
+from tasks.image_cache import cache_side, square_pixels
 from tasks.images import open_rgb
 
 PREVIEW_PNG = Path("reports/augment/preview.png")
@@ -140,9 +141,6 @@ def _per_image_draws(cfg, inputs, images):
 
 def _batch_draws(cfg, inputs, crop_pct, picked, workdir):
     """Training as the cache path does it: the cached square pixels, augmented as one batch."""
-    from tasks.batch_augment import BatchAugment
-    from tasks.image_cache import cache_side, square_pixels
-
     side = cache_side(cfg.image_size, crop_pct)
     pixels = torch.stack([torch.from_numpy(square_pixels(workdir / f, side)) for f in picked["file"]])
     augmenter = BatchAugment(cfg.image_size, cfg.augment, inputs.mean, inputs.std)

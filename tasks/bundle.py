@@ -54,9 +54,8 @@ class Bundle:
         self.model.eval()
         batch = batch.to(self.device)
         features = pooled_features(self.model, batch)
-        logits = head_logits(self.model, features)
-        if (tta or self.tta) == "hflip":
-            logits = (logits + head_logits(self.model, pooled_features(self.model, batch.flip(-1)))) / 2
+        logits = with_tta(head_logits(self.model, features), batch, tta or self.tta,
+                          lambda images: head_logits(self.model, pooled_features(self.model, images)))
         return logits.float().cpu(), features.float().cpu()
 
     def probabilities(self, logits: torch.Tensor) -> np.ndarray:
@@ -74,6 +73,11 @@ class Bundle:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
+
+
+def with_tta(logits: torch.Tensor, batch: torch.Tensor, tta: str, logits_of) -> torch.Tensor:
+    """The logits under test-time augmentation: for hflip, their mean with those of the mirror images."""
+    return (logits + logits_of(batch.flip(-1))) / 2 if tta == "hflip" else logits
 
 
 def preprocess(images: list[Image.Image], image_size: int, mean, std, crop_pct: float) -> torch.Tensor:

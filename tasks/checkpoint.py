@@ -25,9 +25,22 @@ def digest(values: list) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB pieces (weights files can be large)."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+CODE_DIR = Path(__file__).resolve().parent  # tasks/: a run resumed after a code change would mix two programs
+
+
 def fingerprint(train_params: dict, split_files: list[Path]) -> str:
-    """A digest of everything that makes two runs the same run."""
-    return digest([train_params] + [hashlib.sha256(path.read_bytes()).hexdigest() for path in split_files])
+    """A digest of everything that makes two runs the same run: params, split files and the code."""
+    code = [sha256(path) for path in sorted(CODE_DIR.glob("*.py"))]
+    return digest([train_params] + [sha256(path) for path in split_files] + code)
 
 
 def save(state: dict, directory: Path, name: str) -> None:

@@ -26,12 +26,12 @@ from PIL import Image, ImageStat
 from tasks.bundle import Bundle, load_bundle
 from tasks.calibration import reliability, softmax
 from tasks.cli import run_stage
-from tasks.config import Params, UserError
+from tasks.config import Params
 from tasks.evaluation_plots import plot_confusion, plot_reliability, plot_worst_mistakes
 from tasks.images import open_rgb
 from tasks.metrics import classification_metrics, slice_metrics
 from tasks.report import write_report
-from tasks.train import CURVES_PNG, MODEL_DIR, pick_device, read_split
+from tasks.train import CURVES_PNG, MODEL_DIR, class_indices, pick_device, read_split
 
 REPORT_DIR = Path("reports/evaluate")
 METRICS_JSON = REPORT_DIR / "metrics.json"
@@ -46,15 +46,20 @@ REPORT_HTML = REPORT_DIR / "report.html"
 SLICE_PROPERTIES = {"brightness": "", "short_side": "px"}  # property -> unit in the bucket names
 
 
-def predict_files(bundle: Bundle, files: list[Path], batch_size: int, tta: str | None = None
-                  ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Uncalibrated logits (N, C) of image files, in batches, and each image's brightness and size."""
-    logits, properties = [], []
+def predict_files(bundle: Bundle, files: list[Path], batch_size: int, without_tta: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
+    """Uncalibrated logits (N, C) of image files, in batches; with `without_tta`, also the logits
+    without the bundle's test-time augmentation (from the same decoded images); and each image's
+    brightness and size."""
+    logits, plain, properties = [], [], []
     for start in range(0, len(files), batch_size):
         images = [open_rgb(f) for f in files[start:start + batch_size]]
-        logits.append(bundle.logits_and_features(bundle.preprocess(images), tta=tta)[0].numpy())
+        batch = bundle.preprocess(images)
+        logits.append(bundle.logits_and_features(batch)[0].numpy())
+        if without_tta:
+            plain.append(bundle.logits_and_features(batch, tta="none")[0].numpy())
         properties += [image_properties(img) for img in images]
-    return np.concatenate(logits), pd.DataFrame(properties)
+    return np.concatenate(logits), np.concatenate(plain) if without_tta else None, pd.DataFrame(properties)
 
 
 def image_properties(img: Image.Image) -> dict:
@@ -67,20 +72,16 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.train.device))
     test = read_split(workdir, "test")
     files = [workdir / f for f in test["file"]]
-    targets = np.array([bundle.labels.index(label) if label in bundle.labels else -1 for label in test["label"]])
-    if (targets < 0).any():
-        unknown = sorted(set(test["label"]) - set(bundle.labels))
-        raise UserError(f"test images of classes {unknown} the model was not trained on; re-run dvc repro train")
+    targets = class_indices(test, bundle.labels, "test").numpy()
 
-    logits, properties = predict_files(bundle, files, cfg.batch_size)
+    logits, without_tta, properties = predict_files(bundle, files, cfg.batch_size, without_tta=bundle.tta != "none")
     probs, plain = softmax(logits, bundle.temperature), softmax(logits)
     metrics = classification_metrics(targets, probs, bundle.labels, cfg.top_k, cfg.calibration_bins)
     uncalibrated = classification_metrics(targets, plain, bundle.labels, cfg.top_k, cfg.calibration_bins)
     metrics.update({"ece_uncalibrated": uncalibrated["ece"], "log_loss_uncalibrated": uncalibrated["log_loss"],
                     "temperature": bundle.temperature})
-    if bundle.tta != "none":  # what the test-time augmentation buys
-        no_tta = softmax(predict_files(bundle, files, cfg.batch_size, tta="none")[0], bundle.temperature)
-        metrics["accuracy_without_tta"] = round(float((no_tta.argmax(1) == targets).mean()), 4)
+    if without_tta is not None:  # what the test-time augmentation buys
+        metrics["accuracy_without_tta"] = round(float((without_tta.argmax(1) == targets).mean()), 4)
 
     predicted = probs.argmax(1)
     predictions = pd.DataFrame({

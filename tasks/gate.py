@@ -25,10 +25,10 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from tasks.bundle import WEIGHTS_FILE, load_bundle
+from tasks.checkpoint import sha256
 from tasks.cli import run_stage
 from tasks.config import Params, UserError
 from tasks.evaluate import PREDICTIONS_CSV, predict_files
-from tasks.package import sha256
 from tasks.production import DECISION_JSON, POINTER, read_pointer
 from tasks.train import MODEL_DIR, pick_device, read_split
 
@@ -89,10 +89,9 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     else:
         champion_correct = score_champion(champion["model"], test, workdir, params)
         decision = decide(challenger_correct, champion_correct, params.gate.margin, params.gate.alpha)
-    decision["challenger"] = {"weights_sha256": challenger_sha, "accuracy": decision["challenger_accuracy"]}
+    decision["challenger"] = {"weights_sha256": challenger_sha}
     decision["champion"] = None if champion is None else {
-        "model": champion["model"], "weights_sha256": champion["weights_sha256"],
-        "accuracy": decision["champion_accuracy"]}
+        "model": champion["model"], "weights_sha256": champion["weights_sha256"]}
     (workdir / DECISION_JSON).parent.mkdir(parents=True, exist_ok=True)
     (workdir / DECISION_JSON).write_text(json.dumps(decision, indent=2))
     return {"verdict": decision["verdict"], "reasons": decision["reasons"]}
@@ -106,7 +105,7 @@ def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) 
         raise UserError(f"the production model {tag} ({POINTER}) is not in this machine's BentoML store; import "
                         "it (bentoml models import) or roll back (python -m tasks.production rollback)") from None
     bundle = load_bundle(model.path, device=pick_device(params.train.device))
-    logits, _ = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
+    logits, _, _ = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
     predicted = np.array(bundle.labels)[logits.argmax(1)]  # a class the champion lacks is simply never right
     return predicted == test["label"].to_numpy()
 

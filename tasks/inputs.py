@@ -65,13 +65,20 @@ class TensorBatches:
                 augment_generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(len(self.data), order_generator if self.train else None, self.world, self.weights)
         order = order.to(self.data.device)  # one index copy per epoch
-        if self.train:  # whole batches only (static shapes), sorted within a batch for page locality
+        if self.train:  # whole batches only (static shapes)
             whole = len(order) - len(order) % self.batch_size
-            chunks = order[:whole].view(-1, self.batch_size).sort(dim=1).values
+            chunks = order[:whole].view(-1, self.batch_size)
         else:
             chunks = order.split(self.batch_size)
         for index in chunks:
-            inputs, targets = self.data[index], self.targets[index]
+            if self.data.device.type == "cpu":
+                # Read the memory-mapped rows in ascending order (page locality), then put them back
+                # in the drawn order: MixUp/CutMix mix neighbours, who must stay random.
+                ascending, position = index.sort()
+                restore = position.argsort()
+                inputs, targets = self.data[ascending][restore], self.targets[ascending][restore]
+            else:
+                inputs, targets = self.data[index], self.targets[index]
             if inputs.device != self.device:
                 inputs = inputs.pin_memory().to(self.device, non_blocking=True)
                 targets = targets.to(self.device, non_blocking=True)

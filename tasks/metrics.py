@@ -59,9 +59,11 @@ def bucket(values: pd.Series, count: int, unit: str) -> pd.Series:
     Equal-count buckets, so each holds enough images to be read; a property with fewer distinct
     values than `count` gets one bucket per value.
     """
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, count + 1)[1:-1])) if count > 1 else np.array([])
     if values.nunique() <= count:
         return values.map(lambda v: f"{v:g} {unit}".strip())
+    if count == 1:
+        return pd.Series("all", index=values.index)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, count + 1)[1:-1]))
     names = [f"<= {edges[0]:.0f} {unit}".strip()]
     names += [f"{lo:.0f}-{hi:.0f} {unit}".strip() for lo, hi in zip(edges[:-1], edges[1:])]
     names += [f"> {edges[-1]:.0f} {unit}".strip()]

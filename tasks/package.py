@@ -11,7 +11,6 @@ model saved just before, so the Bento packs exactly that version. Serve it with
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import bentoml
 
 from tasks.bundle import META_FILE, WEIGHTS_FILE
+from tasks.checkpoint import sha256
 from tasks.cli import run_stage
 from tasks.config import Params, UserError
 from tasks.evaluate import METRICS_JSON
@@ -34,14 +34,6 @@ TRAIN_CSV = split_csv("train")
 REPORT_JSON = Path("reports/package/bento.json")
 REQUIRED_METRICS = ("accuracy", "macro_f1")
 FIX = "run dvc repro evaluate first"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_bundle_meta(bundle_dir: Path) -> dict:

@@ -62,7 +62,7 @@ def promote(workdir: Path = Path("."), force: bool = False) -> dict:
     if judged != package["metadata"]["weights_sha256"]:
         raise UserError("the packaged model is not the one the gate judged; run dvc repro (gate, package) first")
     champion = decision["champion"]["model"] if decision["champion"] else None
-    if champion != current_model(workdir / POINTER):
+    if champion != (pointer["current"] or {}).get("model"):
         raise UserError(f"production has changed since the gate ran (it compared with {champion}); "
                         "run dvc repro gate again")
     if decision["verdict"] == "already in production":
@@ -75,7 +75,7 @@ def promote(workdir: Path = Path("."), force: bool = False) -> dict:
         "model": package["model_tag"], "bento": package["bento_tag"], "weights_sha256": judged,
         "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gate": "forced" if not decision["passed"] else "passed",
-        "test_accuracy": decision["challenger"]["accuracy"], "champion": champion,
+        "test_accuracy": decision["challenger_accuracy"], "champion": champion,
         "p_value": decision["p_value"], "reasons": decision["reasons"],
     }
     write_pointer(workdir / POINTER, {"current": entry, "previous": [pointer["current"], *pointer["previous"]]})

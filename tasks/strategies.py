@@ -32,7 +32,8 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
         from timm.models import group_parameters
 
         grouped = group_parameters(model, model.group_matcher(coarse=True))
-        body = [[n for n in group if n in set(names)] for group in grouped.values()]
+        known = set(names)
+        body = [[n for n in group if n in known] for group in grouped.values()]
     else:
         body = _torchvision_groups(model, names)
     head_names = [name for name, p in model.named_parameters() if id(p) in head]

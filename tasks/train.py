@@ -33,7 +33,7 @@ from tasks import checkpoint
 from tasks.augment import batch_mix, eval_transform, train_transform
 from tasks.backbones import create_backbone, head_module, pooled_features, resolve_inputs
 from tasks.batch_augment import BatchAugment, normalize, uses_image_cache
-from tasks.bundle import fit_projection, save_bundle
+from tasks.bundle import fit_projection, save_bundle, with_tta
 from tasks.calibration import expected_calibration_error, fit_temperature, softmax
 from tasks.cli import run_stage
 from tasks.config import Params, TrainParams, UserError
@@ -55,7 +55,7 @@ from tasks.strategies import (
     set_trainable,
     trainable_groups,
 )
-from tasks.train_step import TrainStep, auto_batch_size, autocast, graph_capturable
+from tasks.train_step import AUTO_BATCH_CPU, TrainStep, auto_batch_size, autocast, graph_capturable
 
 MODEL_DIR = Path("models")
 HISTORY_CSV = Path("reports/train/history.csv")
@@ -86,9 +86,12 @@ def train(params: Params, workdir: Path, world: World) -> dict:
     crop_pct = cfg.eval_crop_pct
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    batch_size = auto_batch_size(model, cfg.image_size, device) if cfg.batch_size == "auto" else cfg.batch_size
-    groups = layer_groups(model)
     probe = cfg.strategy == "linear_probe"
+    if cfg.batch_size != "auto":
+        batch_size = cfg.batch_size
+    else:  # a linear probe trains on feature vectors: probing image batches would say nothing about it
+        batch_size = AUTO_BATCH_CPU if probe else auto_batch_size(model, cfg.image_size, device)
+    groups = layer_groups(model)
 
     # What trains, on what: the head on cached backbone features (linear probe), or the whole
     # network on images.
@@ -246,9 +249,7 @@ def calibrate(model: nn.Module, val_in, params: Params, device: torch.device) ->
     with torch.inference_mode():
         for inputs, labels in val_in.batches():
             with autocast(device):
-                out = model(inputs).float()
-                if params.inference.tta == "hflip":
-                    out = (out + model(inputs.flip(-1)).float()) / 2
+                out = with_tta(model(inputs).float(), inputs, params.inference.tta, lambda x: model(x).float())
             logits.append(out.cpu())
             targets.append(labels.cpu())
     logits, targets = torch.cat(logits), torch.cat(targets)
@@ -283,7 +284,7 @@ def train_epoch(step, trained, batches, order_gen, augment_gen, mix, scheduler, 
         correct += (logits.argmax(1) == targets.argmax(1)).sum()
         seen += len(labels)
         bar.update()
-        if i % 10 == 0 or i == len(batches) - 1:
+        if not bar.disable and (i % 10 == 0 or i == len(batches) - 1):  # .item() waits for the device
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{seen * world.size / (time.perf_counter() - start):.0f}")
     bar.close()
@@ -362,7 +363,11 @@ def probe_features(model, frame, workdir, cfg: TrainParams, backbone, crop_pct, 
     """Frozen backbone features of a split's images, computed once per dataset version and backbone."""
     side = cache_side(cfg.image_size, crop_pct)
     files = [workdir / f for f in frame["file"]]
-    weights_id = cfg.weights if cfg.weights in ("imagenet", "none") else f"{cfg.weights}:{Path(cfg.weights).stat()}"
+    if cfg.weights in ("imagenet", "none"):
+        weights_id = cfg.weights
+    else:  # size and modification time, as the image cache keys files (not the access time)
+        stat = Path(cfg.weights).stat()
+        weights_id = f"{cfg.weights}:{stat.st_size}:{stat.st_mtime_ns}"
     key = checkpoint.digest([cfg.backbone, weights_id, cfg.image_size, crop_pct, cache_key(files, side)])
     path = workdir / FEATURE_DIR / f"{key[:20]}.pt"
     if world.main and not path.is_file():
@@ -445,10 +450,11 @@ def read_split(workdir: Path, name: str) -> pd.DataFrame:
     return frame
 
 
-def class_indices(frame: pd.DataFrame, labels: list[str]) -> torch.Tensor:
+def class_indices(frame: pd.DataFrame, labels: list[str], split: str = "validation") -> torch.Tensor:
     unknown = sorted(set(frame["label"]) - set(labels))
     if unknown:
-        raise UserError(f"classes {unknown} have validation images but no training images; add training images")
+        raise UserError(f"classes {unknown} have {split} images but no training images; add training images "
+                        "and re-run dvc repro train")
     index = {label: i for i, label in enumerate(labels)}
     return torch.tensor([index[label] for label in frame["label"]], dtype=torch.long)
 

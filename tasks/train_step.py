@@ -55,10 +55,6 @@ class TrainStep:
         self._captured.replay()
         return self._static_loss, self._static_logits
 
-    def invalidate(self) -> None:
-        """Drop the graph: the set of trainable parameters changed (gradual unfreezing)."""
-        self._captured = None
-
     def _capture(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Warm up on a side stream, then record one step. The warm-up steps are undone, so a
         captured run sees exactly the updates an eager run does."""

@@ -106,6 +106,8 @@ def test_slices_bucket_each_property_in_equal_counts():
     assert brightness["accuracy"].tolist() == [1.0, 0.0, 1.0]  # the dark-to-bright order is kept
     assert brightness["bucket"].iloc[0].startswith("<=") and brightness["bucket"].iloc[-1].startswith(">")
     assert slices[slices["property"] == "short_side"][["bucket", "images"]].values.tolist() == [["8 px", 90]]
+    whole = slice_metrics(frame, {"brightness": ""}, count=1)
+    assert whole[["bucket", "images", "accuracy"]].values.tolist() == [["all", 90, 0.6667]]
 
 
 def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_path, image_root):

@@ -81,8 +81,8 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     evaluate.run(params, tmp_path)
     assert gate.run(params, tmp_path)["verdict"] == "promote"
     packaged = package.run(params, tmp_path)
+    production.write_pointer(tmp_path / production.POINTER, {"current": {"model": "other:1"}, "previous": []})
     with pytest.raises(UserError, match="production has changed since the gate ran"):
-        production.write_pointer(tmp_path / production.POINTER, {"current": {"model": "other:1"}, "previous": []})
         production.promote(tmp_path)
     (tmp_path / production.POINTER).write_bytes(before)
     entry = production.promote(tmp_path)

@@ -21,7 +21,7 @@ from tasks.bundle import WEIGHTS_FILE, load_bundle
 from tasks.config import UserError
 from tasks.distributed import World
 from tasks.image_cache import KEEP, image_cache, square_pixels
-from tasks.inputs import epoch_order
+from tasks.inputs import TensorBatches, epoch_order
 from tasks.optim import EarlyStopping, make_loss, sample_weights
 from tasks.strategies import layer_groups, param_groups, set_trainable, trainable_groups
 from tests.conftest import PROJECT_ROOT, make_params, write_splits
@@ -124,7 +124,7 @@ def test_two_runs_with_one_seed_match_and_another_seed_differs(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_where_an_unbroken_one_does(tmp_path):
+def test_a_killed_run_resumes_and_ends_where_an_unbroken_one_does(tmp_path, capsys):
     params = train_params(epochs=6, image_size=48, batch_size=4)
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     for workdir in (unbroken, broken):
@@ -151,11 +151,13 @@ def test_a_killed_run_resumes_and_ends_where_an_unbroken_one_does(tmp_path):
     a, b = bundle_tensors(broken), bundle_tensors(unbroken)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
-    # Other params (another fingerprint) start afresh.
+    # Other params (another fingerprint) start afresh: no resuming, and the new learning rate shows.
     again = train_params(epochs=6, image_size=48, batch_size=4, lr=0.001)
-    assert checkpoint.resumable(broken / checkpoint.CHECKPOINT_DIR, "anything") is None
+    capsys.readouterr()
     train.run(again, broken)
+    assert "resuming" not in capsys.readouterr().out
     assert list(history(broken)["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert history(broken)["lr"].max() < history(unbroken)["lr"].max()
 
 
 @pytest.mark.slow
@@ -173,6 +175,18 @@ def test_data_parallel_training_with_two_cpu_processes(tmp_path):
     # Validation figures are summed over both processes: 15 images, so accuracy is a multiple of 1/15.
     assert all(abs(acc * 15 - round(acc * 15)) < 1e-6 for acc in history(tmp_path)["val_acc"])
     assert load_bundle(tmp_path / train.MODEL_DIR).labels == ["cat", "dog", "fox"]
+
+
+def test_training_batches_keep_the_drawn_order_for_mixup_neighbours():
+    # Rows of a CPU tensor are read in ascending order, but each batch arrives in the drawn random
+    # order: MixUp and CutMix mix neighbours, so a sorted batch would mix mostly within one class.
+    data = torch.arange(40).view(40, 1)
+    batches = TensorBatches(data, torch.arange(40), 8, torch.device("cpu"), World(), lambda x, g: x, train=True)
+    drawn = epoch_order(40, torch.Generator().manual_seed(3), World())
+    got = torch.cat([targets for _, targets in batches.batches(torch.Generator().manual_seed(3))])
+    assert torch.equal(got, drawn) and not torch.equal(got[:8], got[:8].sort().values)
+    rows = torch.cat([inputs for inputs, _ in batches.batches(torch.Generator().manual_seed(3))])
+    assert torch.equal(rows.view(-1), drawn)  # images travel with their labels
 
 
 def test_epoch_order_shards_are_disjoint_and_equal_in_length():
