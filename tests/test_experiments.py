@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.production import POINTER, write_pointer
 from tests.conftest import PROJECT_ROOT, write_image_set
 
 pytestmark = pytest.mark.slow
@@ -31,8 +32,9 @@ def experiments(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("experiments")
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT_ROOT / name, repo / name)
-    for code in ("tasks", "service", "deploy"):
+    for code in ("tasks", "service"):
         shutil.copytree(PROJECT_ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
+    write_pointer(repo / POINTER, {"current": None, "previous": []})  # whatever this checkout's says
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["data"]["root"] = "images"
     params["train"].update({"epochs": 2, "batch_size": 16})
