@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test promote rollback
+.PHONY: install run test promote rollback deps
 
 install: $(VENV)/.installed
 
@@ -25,3 +25,7 @@ promote: install
 
 rollback: install
 	$(BIN)/python -m tasks.production rollback
+
+# dvc.yaml code deps from the imports: run after adding, moving or changing imports of a module.
+deps: install
+	$(BIN)/python -m tasks.common.code_deps --write

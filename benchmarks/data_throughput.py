@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.duplicates import duplicate_groups  # noqa: E402
-from tasks.layout import list_entries  # noqa: E402
-from tasks.manifest import build_manifest  # noqa: E402
-from tasks.parallel import cpu_count, map_chunks  # noqa: E402
+from tasks.common.parallel import cpu_count, map_chunks  # noqa: E402
+from tasks.data.duplicates import duplicate_groups  # noqa: E402
+from tasks.data.layout import list_entries  # noqa: E402
+from tasks.data.manifest import build_manifest  # noqa: E402
 
 KINDS = {"png": ((64, 64), "PNG", ".png"), "jpeg": ((1024, 768), "JPEG", ".jpg")}
 CLASSES = 10

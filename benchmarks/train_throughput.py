@@ -37,15 +37,16 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks import train  # noqa: E402
-from tasks.backbones import create_backbone, input_config  # noqa: E402
-from tasks.batch_augment import normalize, uses_image_cache  # noqa: E402
-from tasks.config import Params, parse_params  # noqa: E402
-from tasks.image_cache import CACHE_DIR, cache_side, image_cache  # noqa: E402
-from tasks.optim import make_loss, make_optimizer  # noqa: E402
-from tasks.parallel import cpu_count, map_chunks  # noqa: E402
-from tasks.split import split_csv  # noqa: E402
-from tasks.strategies import layer_groups, param_groups  # noqa: E402
-from tasks.train_step import TrainStep, auto_batch_size, graph_capturable  # noqa: E402
+from tasks.common.config import Params, parse_params  # noqa: E402
+from tasks.common.parallel import cpu_count, map_chunks  # noqa: E402
+from tasks.common.paths import split_csv  # noqa: E402
+from tasks.model.backbones import create_backbone, input_config  # noqa: E402
+from tasks.model.device import pick_device  # noqa: E402
+from tasks.training.batch_augment import normalize, uses_image_cache  # noqa: E402
+from tasks.training.image_cache import CACHE_DIR, cache_side, image_cache  # noqa: E402
+from tasks.training.optim import make_loss, make_optimizer  # noqa: E402
+from tasks.training.step import TrainStep, auto_batch_size, why_not_capturable  # noqa: E402
+from tasks.training.strategies import layer_groups, param_groups  # noqa: E402
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 CLASSES = 10
@@ -192,7 +193,7 @@ def limit_step(args, params: Params, device: torch.device, batch: int, graph: bo
 
 def bench_limit(args, params: Params, device: torch.device) -> dict:
     """Eager and graph-captured steps at each batch size; a batch that does not fit is "oom"."""
-    modes = ["eager"] + (["graph"] if graph_capturable(params.train.optimizer, device, False, 1) is None else [])
+    modes = ["eager"] + (["graph"] if why_not_capturable(params.train.optimizer, device, False, 1) is None else [])
     out: dict = {mode: {} for mode in ("eager", "graph")}
     for batch in args.limit_batches:
         for mode in modes:
@@ -231,7 +232,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    device = train.pick_device("auto")
+    device = pick_device("auto")
     cuda = device.type == "cuda"
     args.limit_batches = args.limit_batches or ([128, 256, 512, 1024] if cuda else [32, 64])
     if cuda:

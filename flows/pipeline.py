@@ -21,7 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tasks  # noqa: F401  (switches telemetry off before prefect and dvc are imported)
 import yaml
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
@@ -29,10 +28,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed
 
+import tasks  # noqa: F401  (switches telemetry off before prefect and dvc are imported)
 from tasks import production
-from tasks.cli import ERROR_FILE_ENV
-from tasks.config import UserError, load_params
-from tasks.evaluate import METRICS_JSON, REPORT_HTML
+from tasks.common.cli import ERROR_FILE_ENV
+from tasks.common.config import UserError, load_params
+from tasks.common.paths import DECISION_JSON, METRICS_JSON, REPORT_HTML
 
 
 def dvc_stages(repo_dir: Path) -> list[str]:
@@ -98,7 +98,7 @@ def publish_metrics(repo_dir: Path) -> None:
 
 def publish_decision(repo_dir: Path) -> dict:
     """The gate's decision as a Prefect artifact and in the log; returns it."""
-    decision = json.loads((repo_dir / production.DECISION_JSON).read_text())
+    decision = json.loads((repo_dir / DECISION_JSON).read_text())
     champion = decision["champion"]["model"] if decision["champion"] else "none"
     lines = [
         f"### Gate: {decision['verdict']}", "",

@@ -8,9 +8,9 @@
     ClassifierModel   the network; its batchable `predict` merges the images of concurrent
                       requests into one forward pass (adaptive batching)
 
-Both load the bundle through `tasks.bundle`, so images are decoded, resized and normalized exactly
+Both load the bundle through `tasks.model.bundle`, so images are decoded, resized and normalized exactly
 as in training and evaluation. Every classified image is logged with `bentoml.monitor` as one JSON
-line of `tasks.features.feature_rows` columns, which the monitor stage compares with its reference.
+line of `tasks.monitoring.features.feature_rows` columns, which the monitor stage compares with its reference.
 
 Settings, from the environment:
     IMAGE_CLASSIFIER_MODEL        model tag to serve; default: the tag the Bento was built with
@@ -19,8 +19,6 @@ Settings, from the environment:
     IMAGE_CLASSIFIER_TRAFFIC_DIR  folder of the traffic logs; default `monitor.traffic_dir` of
                                   params.yaml (data/traffic); relative to where `bentoml serve` started
 """
-import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is imported)
-
 import logging
 import os
 import threading
@@ -43,11 +41,13 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from tasks.bundle import load_bundle, preprocess, read_meta
-from tasks.config import load_params
-from tasks.features import FEATURE_COLUMNS, feature_rows
-from tasks.images import decode_upload, to_rgb
-from tasks.production import POINTER, current_model
+import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is imported)
+from tasks.common.config import load_params
+from tasks.common.paths import POINTER
+from tasks.data.images import decode_upload, to_rgb
+from tasks.model.bundle import load_bundle, preprocess, read_meta
+from tasks.model.registry import current_model
+from tasks.monitoring.features import FEATURE_COLUMNS, feature_rows
 
 MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
 TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
@@ -62,7 +62,7 @@ logger = logging.getLogger("bentoml.image_classifier")
 
 def model_tag() -> str:
     """The environment's choice, else the tag the Bento was built with, else the production model
-    (tasks/production.py), else the newest version.
+    (tasks/model/registry.py), else the newest version.
 
     params.yaml is that of the served folder: the project root, or the copy a Bento carries.
     """

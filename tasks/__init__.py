@@ -1,4 +1,10 @@
-"""Pipeline stages: each module is one stage with a plain `run(params, workdir)` and a CLI for DVC.
+"""The pipeline's stages and what they are built on.
+
+At this level: one module per dvc.yaml stage (sample, validate, clean, split, augment, train,
+evaluate, gate, package, monitor), each with a plain `run(params, workdir)` and a CLI for DVC
+(`python -m tasks.<stage>`), and production.py, the command that promotes and rolls back. No stage
+imports another. What they build on is grouped one folder down: common/ (params, shared paths, the
+CLI, file helpers), data/, model/, training/, evaluation/ and monitoring/.
 
 Importing the package switches off the telemetry of the libraries the stages use, so that the
 project, not the user's shell, keeps every run offline.

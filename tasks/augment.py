@@ -1,26 +1,25 @@
-"""torchvision transforms v2: random augmentation for training, a fixed resize and crop for everything else.
-
-The augment stage (`python -m tasks.augment`) draws the training augmentation as it is configured:
+"""Augment stage: draw the training augmentation of `train.augment` as it is configured.
 
     reports/augment/preview.png   training images as evaluated, four augmented draws of each, and a
                                   mixed batch when mixup or cutmix is on
 
-The service imports this module for `eval_transform`, so the preview's own dependencies (matplotlib,
-pandas through tasks.train) are imported only when the stage runs.
+The draws come from the same code as training: batch augmentation of cached pixels on the device
+(tasks/training/batch_augment.py), or torchvision's per-image transforms (tasks/model/transforms.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from torchvision.transforms import InterpolationMode, v2
 
-from tasks.backbones import input_config, resolve_inputs
-from tasks.batch_augment import BatchAugment, uses_image_cache
-from tasks.cli import run_stage
-from tasks.config import AugmentParams, Params
-from tasks.image_cache import cache_side, square_pixels
-from tasks.images import open_rgb
+from tasks.common.cli import run_stage
+from tasks.common.config import Params
+from tasks.data.images import open_rgb
+from tasks.data.splits import read_split
+from tasks.model.backbones import input_config, resolve_inputs
+from tasks.model.transforms import batch_mix, eval_transform, train_transform
+from tasks.training.batch_augment import BatchAugment, uses_image_cache
+from tasks.training.image_cache import cache_side, square_pixels
 
 PREVIEW_PNG = Path("reports/augment/preview.png")
 PREVIEW_IMAGES = 8  # columns: training images, one class each as far as the classes go
@@ -28,67 +27,6 @@ PREVIEW_DRAWS = 4  # rows of augmented draws of every image
 CELL_INCHES = 1.2  # one image cell of the preview
 HEADER_INCHES = 0.4  # title line
 DPI = 100
-
-
-def eval_transform(size: int, mean, std, crop_pct: float) -> v2.Compose:
-    """Resize the short side to size / crop_pct, centre-crop `size`, scale to [0, 1], normalize.
-
-    This is how the backbone's pretrained weights were evaluated (crop_pct 0.875 for most ImageNet
-    models); training, evaluation, monitoring and the service all preprocess through it.
-    """
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(round(size / crop_pct), antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
-
-
-def _auto_augment(aug: AugmentParams) -> v2.Transform | None:
-    if aug.auto_augment == "trivial":
-        return v2.TrivialAugmentWide()
-    if aug.auto_augment == "rand":
-        return v2.RandAugment(num_ops=aug.rand_num_ops, magnitude=aug.rand_magnitude)
-    return None
-
-
-def train_transform(size: int, mean, std, aug: AugmentParams) -> v2.Compose:
-    """The random training pipeline of `train.augment`; steps that are switched off are left out.
-
-    Geometry and colour run on uint8 images, as TrivialAugment and RandAugment expect; erasing runs
-    last, on the normalized tensor, so erased pixels hold the dataset mean.
-    """
-    jitter = aug.color_jitter.model_dump()
-    steps = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.crop_ratio, antialias=True),
-        v2.RandomHorizontalFlip(aug.hflip) if aug.hflip else None,
-        v2.RandomVerticalFlip(aug.vflip) if aug.vflip else None,
-        v2.RandomRotation(aug.rotation, interpolation=InterpolationMode.BILINEAR) if aug.rotation else None,
-        v2.ColorJitter(**jitter) if any(jitter.values()) else None,
-        _auto_augment(aug),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-        v2.RandomErasing(aug.erasing) if aug.erasing else None,
-    ]
-    return v2.Compose([step for step in steps if step is not None])
-
-
-def batch_mix(aug: AugmentParams, num_classes: int) -> v2.Transform | None:
-    """MixUp and/or CutMix for a whole batch, or None when both are off.
-
-    Called as `images, targets = mix(images, labels)`: int labels (N,) become soft targets (N, C)
-    that sum to 1. With both on, each batch gets one of the two at random.
-    """
-    mixes = []
-    if aug.mixup_alpha > 0:
-        mixes.append(v2.MixUp(alpha=aug.mixup_alpha, num_classes=num_classes))
-    if aug.cutmix_alpha > 0:
-        mixes.append(v2.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
-    if not mixes:
-        return None
-    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
 def pick_images(frame, count: int, seed: int):
@@ -149,8 +87,6 @@ def _batch_draws(cfg, inputs, crop_pct, picked, workdir):
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
-    from tasks.train import read_split  # tasks.train imports this module
-
     cfg, aug = resolve_inputs(params.train), params.train.augment
     inputs = input_config(cfg.backbone)
     crop_pct = cfg.eval_crop_pct

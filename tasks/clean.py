@@ -15,17 +15,14 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from tasks.cli import run_stage
-from tasks.config import Params, UserError
-from tasks.images import shrink, to_rgb
-from tasks.layout import resolve_root
-from tasks.manifest import MANIFEST_FILE, read_manifest
-from tasks.parallel import map_chunks
+from tasks.common.cli import run_stage
+from tasks.common.config import Params, UserError
+from tasks.common.parallel import map_chunks
+from tasks.common.paths import CLEAN_DIR, CLEAN_IMAGES_DIR, KEPT_CSV, MANIFEST_CSV, QUARANTINE_CSV
+from tasks.data.images import shrink, to_rgb
+from tasks.data.layout import resolve_root
+from tasks.data.manifest import read_manifest
 
-CLEAN_DIR = Path("data/clean")
-KEPT_CSV = CLEAN_DIR / "kept.csv"
-QUARANTINE_CSV = CLEAN_DIR / "quarantine.csv"
-IMAGES_DIR = CLEAN_DIR / "images"
 KEPT_COLUMNS = ["path", "label", "split", "file", "sha256", "duplicate_group"]
 
 # Quarantine reasons, in the order they are tested (the first that applies is recorded):
@@ -142,16 +139,16 @@ def normalize_chunk(jobs: list[tuple[str, str, int]], root: Path, out_dir: Path,
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
-    if not (workdir / MANIFEST_FILE).is_file():
-        raise UserError(f"{MANIFEST_FILE} not found; run the validate stage first (dvc repro validate)")
-    manifest = read_manifest(workdir / MANIFEST_FILE)
+    if not (workdir / MANIFEST_CSV).is_file():
+        raise UserError(f"{MANIFEST_CSV} not found; run the validate stage first (dvc repro validate)")
+    manifest = read_manifest(workdir / MANIFEST_CSV)
     decisions = file_reasons(manifest, params)
     usable = decisions["reason"] == ""
     decisions.loc[usable] = duplicate_reasons(manifest[usable], params)
 
     kept = manifest[decisions["reason"] == ""].copy()
-    kept["file"] = [str(IMAGES_DIR / clean_name(p, f)) for p, f in zip(kept["path"], kept["format"])]
-    out_dir = workdir / IMAGES_DIR
+    kept["file"] = [str(CLEAN_IMAGES_DIR / clean_name(p, f)) for p, f in zip(kept["path"], kept["format"])]
+    out_dir = workdir / CLEAN_IMAGES_DIR
     if out_dir.exists():
         shutil.rmtree(out_dir)  # images of an earlier run would otherwise linger
     c = params.clean

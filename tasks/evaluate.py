@@ -12,7 +12,7 @@ Writes under reports/evaluate/
     slices.csv            accuracy per brightness and size bucket
     confusion_matrix.png  counts and row-normalized;  reliability.png  before and after calibration
     worst_mistakes.png    the most confident wrong predictions
-    report.html           all of the above on one self-contained page (tasks/report.py)
+    report.html           all of the above on one self-contained page (tasks/evaluation/report.py)
 """
 from __future__ import annotations
 
@@ -21,50 +21,34 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageStat
 
-from tasks.bundle import Bundle, load_bundle
-from tasks.calibration import reliability, softmax
-from tasks.cli import run_stage
-from tasks.config import Params
-from tasks.evaluation_plots import plot_confusion, plot_reliability, plot_worst_mistakes
-from tasks.images import open_rgb
-from tasks.metrics import classification_metrics, slice_metrics
-from tasks.report import write_report
-from tasks.train import CURVES_PNG, MODEL_DIR, class_indices, pick_device, read_split
+from tasks.common.cli import run_stage
+from tasks.common.config import Params
+from tasks.common.paths import (
+    CURVES_PNG,
+    EVALUATE_DIR,
+    METRICS_JSON,
+    MODEL_DIR,
+    PREDICTIONS_CSV,
+    REPORT_HTML,
+)
+from tasks.data.images import open_rgb
+from tasks.data.splits import class_indices, read_split
+from tasks.evaluation.calibration import reliability, softmax
+from tasks.evaluation.metrics import classification_metrics, slice_metrics
+from tasks.evaluation.plots import plot_confusion, plot_reliability, plot_worst_mistakes
+from tasks.evaluation.predict import predict_files
+from tasks.evaluation.report import write_report
+from tasks.model.bundle import load_bundle
+from tasks.model.device import pick_device
 
-REPORT_DIR = Path("reports/evaluate")
-METRICS_JSON = REPORT_DIR / "metrics.json"
-PREDICTIONS_CSV = REPORT_DIR / "predictions.csv"
-PER_CLASS_CSV = REPORT_DIR / "per_class.csv"
-RELIABILITY_CSV = REPORT_DIR / "reliability.csv"
-SLICES_CSV = REPORT_DIR / "slices.csv"
-CONFUSION_PNG = REPORT_DIR / "confusion_matrix.png"
-RELIABILITY_PNG = REPORT_DIR / "reliability.png"
-MISTAKES_PNG = REPORT_DIR / "worst_mistakes.png"
-REPORT_HTML = REPORT_DIR / "report.html"
+PER_CLASS_CSV = EVALUATE_DIR / "per_class.csv"
+RELIABILITY_CSV = EVALUATE_DIR / "reliability.csv"
+SLICES_CSV = EVALUATE_DIR / "slices.csv"
+CONFUSION_PNG = EVALUATE_DIR / "confusion_matrix.png"
+RELIABILITY_PNG = EVALUATE_DIR / "reliability.png"
+MISTAKES_PNG = EVALUATE_DIR / "worst_mistakes.png"
 SLICE_PROPERTIES = {"brightness": "", "short_side": "px"}  # property -> unit in the bucket names
-
-
-def predict_files(bundle: Bundle, files: list[Path], batch_size: int, without_tta: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
-    """Uncalibrated logits (N, C) of image files, in batches; with `without_tta`, also the logits
-    without the bundle's test-time augmentation (from the same decoded images); and each image's
-    brightness and size."""
-    logits, plain, properties = [], [], []
-    for start in range(0, len(files), batch_size):
-        images = [open_rgb(f) for f in files[start:start + batch_size]]
-        batch = bundle.preprocess(images)
-        logits.append(bundle.logits_and_features(batch)[0].numpy())
-        if without_tta:
-            plain.append(bundle.logits_and_features(batch, tta="none")[0].numpy())
-        properties += [image_properties(img) for img in images]
-    return np.concatenate(logits), np.concatenate(plain) if without_tta else None, pd.DataFrame(properties)
-
-
-def image_properties(img: Image.Image) -> dict:
-    """Mean luminance (0-255) and shorter side in pixels: the properties sliced on."""
-    return {"brightness": round(ImageStat.Stat(img.convert("L")).mean[0], 1), "short_side": min(img.size)}
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
@@ -72,7 +56,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.train.device))
     test = read_split(workdir, "test")
     files = [workdir / f for f in test["file"]]
-    targets = class_indices(test, bundle.labels, "test").numpy()
+    targets = class_indices(test, bundle.labels, "test")
 
     logits, without_tta, properties = predict_files(bundle, files, cfg.batch_size, without_tta=bundle.tta != "none")
     probs, plain = softmax(logits, bundle.temperature), softmax(logits)
@@ -94,7 +78,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     metrics["slices"] = {prop: {row.bucket: row.accuracy for row in part.itertuples()}
                          for prop, part in slices.groupby("property", sort=False)}
 
-    out = workdir / REPORT_DIR
+    out = workdir / EVALUATE_DIR
     out.mkdir(parents=True, exist_ok=True)
     (workdir / METRICS_JSON).write_text(json.dumps(metrics, indent=2))
     predictions.to_csv(workdir / PREDICTIONS_CSV, index=False)

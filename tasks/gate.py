@@ -9,7 +9,7 @@ min(b, c) out of b + c. The challenger passes when
     it is not significantly worse (not: b > c with p < gate.alpha), and
     its accuracy beats the champion's by at least gate.margin.
 
-The champion is the model named in deploy/production.json (tasks/production.py), loaded from the
+The champion is the model named in deploy/production.json (tasks/model/registry.py), loaded from the
 BentoML model store and run with its own preprocessing, calibration and test-time augmentation.
 The challenger's predictions are those of the evaluate stage. Writes reports/gate/decision.json;
 `python -m tasks.production promote` acts on it.
@@ -24,13 +24,15 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from tasks.bundle import WEIGHTS_FILE, load_bundle
-from tasks.checkpoint import sha256
-from tasks.cli import run_stage
-from tasks.config import Params, UserError
-from tasks.evaluate import PREDICTIONS_CSV, predict_files
-from tasks.production import DECISION_JSON, POINTER, read_pointer
-from tasks.train import MODEL_DIR, pick_device, read_split
+from tasks.common.cli import run_stage
+from tasks.common.config import Params, UserError
+from tasks.common.files import sha256
+from tasks.common.paths import DECISION_JSON, MODEL_DIR, POINTER, PREDICTIONS_CSV
+from tasks.data.splits import read_split
+from tasks.evaluation.predict import predict_files
+from tasks.model.bundle import WEIGHTS_FILE, load_bundle
+from tasks.model.device import pick_device
+from tasks.model.registry import read_pointer
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -20,29 +20,17 @@ from pathlib import Path
 
 import bentoml
 
-from tasks.bundle import META_FILE, WEIGHTS_FILE
-from tasks.checkpoint import sha256
-from tasks.cli import run_stage
-from tasks.config import Params, UserError
-from tasks.evaluate import METRICS_JSON
-from tasks.split import split_csv
-from tasks.train import MODEL_DIR
+from tasks.common.cli import run_stage
+from tasks.common.config import Params, UserError
+from tasks.common.files import sha256
+from tasks.common.paths import METRICS_JSON, MODEL_DIR, PACKAGE_JSON, split_csv
+from tasks.model.bundle import META_FILE, WEIGHTS_FILE, read_meta
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
 BENTOFILE = "service/bentofile.yaml"
 TRAIN_CSV = split_csv("train")
-REPORT_JSON = Path("reports/package/bento.json")
 REQUIRED_METRICS = ("accuracy", "macro_f1")
 FIX = "run dvc repro evaluate first"
-
-
-def read_bundle_meta(bundle_dir: Path) -> dict:
-    if not (bundle_dir / WEIGHTS_FILE).is_file() or not (bundle_dir / META_FILE).is_file():
-        raise UserError(f"no model bundle ({WEIGHTS_FILE}, {META_FILE}) in {bundle_dir}; {FIX}")
-    try:
-        return json.loads((bundle_dir / META_FILE).read_text())
-    except ValueError:
-        raise UserError(f"{bundle_dir / META_FILE} is not valid JSON; {FIX}") from None
 
 
 def read_metrics(path: Path) -> dict[str, float]:
@@ -91,7 +79,7 @@ def build_bento(model: bentoml.Model) -> str:
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     bundle_dir = workdir / MODEL_DIR
-    meta = read_bundle_meta(bundle_dir)
+    meta = read_meta(bundle_dir)
     metrics = read_metrics(workdir / METRICS_JSON)
     if not (workdir / TRAIN_CSV).is_file():
         raise UserError(f"{workdir / TRAIN_CSV} not found; {FIX}")
@@ -117,8 +105,8 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "serve": f"bentoml serve {bento_tag}",
         "metadata": metadata,
     }
-    (workdir / REPORT_JSON).parent.mkdir(parents=True, exist_ok=True)
-    (workdir / REPORT_JSON).write_text(json.dumps(report, indent=2))
+    (workdir / PACKAGE_JSON).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / PACKAGE_JSON).write_text(json.dumps(report, indent=2))
     return {"model": str(model.tag), "bento": bento_tag, **{k: metrics[k] for k in REQUIRED_METRICS}}
 
 

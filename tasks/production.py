@@ -1,11 +1,12 @@
-"""The production pointer: which packaged model is in production, and the ones before it.
+"""The production command: promote the model the gate passed, roll back, show the pointer.
 
     deploy/production.json   {"current": <entry> | null, "previous": [<entry> | null, ...]}
 
-An entry names a BentoML model and the Bento that serves it, with the evidence it was promoted on.
-The file is small and versioned with the code (commit it after a promotion), so `git log` of it is
-the deployment history. `previous` is a stack, newest first: promote pushes, rollback pops, so a
-rollback restores the file exactly as it was before the promotion.
+An entry names a BentoML model and the Bento that serves it, with the evidence it was promoted on
+(tasks/model/registry.py reads and writes the file). The file is small and versioned with the code
+(commit it after a promotion), so `git log` of it is the deployment history. `previous` is a stack,
+newest first: promote pushes, rollback pops, so a rollback restores the file exactly as it was
+before the promotion.
 
     python -m tasks.production            # show
     python -m tasks.production promote    # the challenger the gate passed (reports/gate/decision.json)
@@ -15,43 +16,13 @@ rollback restores the file exactly as it was before the promotion.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks.config import UserError
-
-POINTER = Path("deploy/production.json")
-DECISION_JSON = Path("reports/gate/decision.json")
-PACKAGE_JSON = Path("reports/package/bento.json")
-
-
-def read_pointer(path: Path) -> dict:
-    """The pointer file; a missing file means no production model yet."""
-    if not path.is_file():
-        return {"current": None, "previous": []}
-    try:
-        pointer = json.loads(path.read_text())
-    except ValueError:
-        raise UserError(f"{path} is not valid JSON; restore it from git (git checkout -- {path})") from None
-    if not isinstance(pointer, dict) or set(pointer) != {"current", "previous"}:
-        raise UserError(f"{path} must hold exactly 'current' and 'previous'; restore it from git")
-    return pointer
-
-
-def write_pointer(path: Path, pointer: dict) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(json.dumps(pointer, indent=2) + "\n")
-    os.replace(tmp.name, path)
-
-
-def current_model(path: Path) -> str | None:
-    entry = read_pointer(path)["current"]
-    return entry["model"] if entry else None
+from tasks.common.config import UserError
+from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER
+from tasks.model.registry import check_in_store, read_pointer, write_pointer
 
 
 def promote(workdir: Path = Path("."), force: bool = False) -> dict:
@@ -70,7 +41,7 @@ def promote(workdir: Path = Path("."), force: bool = False) -> dict:
     if not decision["passed"] and not force:
         raise UserError(f"the gate refused this challenger: {'; '.join(decision['reasons'])}. "
                         "Promote only what passes (or pass --force to overrule the gate)")
-    _check_in_store(package["model_tag"], package.get("bentoml_home"))
+    check_in_store(package["model_tag"], package.get("bentoml_home"))
     entry = {
         "model": package["model_tag"], "bento": package["bento_tag"], "weights_sha256": judged,
         "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -89,22 +60,9 @@ def rollback(workdir: Path = Path(".")) -> dict | None:
         raise UserError(f"nothing to roll back to: {POINTER} records no earlier production model")
     back, *rest = pointer["previous"]
     if back is not None:
-        _check_in_store(back["model"])
+        check_in_store(back["model"])
     write_pointer(workdir / POINTER, {"current": back, "previous": rest})
     return back
-
-
-def _check_in_store(tag: str, home: str | None = None) -> None:
-    """The model is in the BentoML store at `home` (default: $BENTOML_HOME, else ~/bentoml).
-
-    Read from the store's folder layout (<home>/models/<name>/<version>/model.yaml) rather than
-    through BentoML, which fixes its home once per process.
-    """
-    home = Path(home or os.environ.get("BENTOML_HOME") or "~/bentoml").expanduser()
-    name, _, version = tag.partition(":")
-    if not (home / "models" / name / version / "model.yaml").is_file():
-        raise UserError(f"model {tag} is not in the BentoML model store under {home}; "
-                        "bring it over with bentoml models export / import")
 
 
 def _read_json(path: Path) -> dict:

@@ -1,7 +1,9 @@
 """Sample stage: scikit-learn's digits (1,797 real 8x8 scans, 10 classes) as a folder of PNGs.
 
 The result is an ordinary image-folder dataset, one sub-folder per class, so the whole pipeline
-runs on real images without any download.
+runs on real images without any download. It is written only when data.root is the sample folder:
+with data.root pointing at your own images the stage leaves an empty folder (DVC tracks it) and
+writes nothing else.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tasks.cli import run_stage
-from tasks.config import Params
+from tasks.common.cli import run_stage
+from tasks.common.config import Params
 
 
 def write_digits(out_dir: Path) -> int:
@@ -32,6 +34,10 @@ def write_digits(out_dir: Path) -> int:
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     out_dir = workdir / params.sample.out_dir
+    if (workdir / params.data.root).resolve() != out_dir.resolve():
+        out_dir.mkdir(parents=True, exist_ok=True)  # the stage's output, so that DVC has one to track
+        return {"images": 0, "skipped": f"data.root is {params.data.root}, not the sample folder "
+                                        f"{params.sample.out_dir}; nothing written"}
     count = write_digits(out_dir)
     return {"images": count, "classes": 10, "out_dir": params.sample.out_dir}
 

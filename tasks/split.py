@@ -1,6 +1,6 @@
 """Split stage: leakage-safe, stratified train/val/test manifests with a fixed seed.
 
-A duplicate group (exact or near copies, see tasks/duplicates.py) always lands in one split, so
+A duplicate group (exact or near copies, see tasks/data/duplicates.py) always lands in one split, so
 no test image has a copy in training. Without split folders every class is split on its own with
 the same shares. With data.root/{train,val,test}/ folders the user's split is honoured: a missing
 val or test split is carved out of train, and duplicates found across the user's folders are
@@ -18,19 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.clean import KEPT_CSV, QUARANTINE_CSV
-from tasks.cli import run_stage
-from tasks.config import Params, SplitParams, UserError
-from tasks.manifest import MANIFEST_FILE, read_manifest
+from tasks.common.cli import run_stage
+from tasks.common.config import Params, SplitParams, UserError
+from tasks.common.paths import KEPT_CSV, MANIFEST_CSV, QUARANTINE_CSV, SPLIT_DIR, SPLITS, split_csv
+from tasks.data.manifest import read_manifest
 
-SPLIT_DIR = Path("data/split")
-SPLITS = ("train", "val", "test")
 COUNTS_CSV = Path("reports/split/counts.csv")
 CROSS_SPLIT_CSV = Path("reports/split/cross_split_duplicates.csv")
-
-
-def split_csv(name: str) -> Path:
-    return SPLIT_DIR / f"{name}.csv"
 
 
 def carve(rows: pd.DataFrame, shares: dict[str, float], rng: np.random.Generator) -> pd.Series:
@@ -90,7 +84,7 @@ def cross_split_duplicates(manifest: pd.DataFrame, quarantine: pd.DataFrame, kep
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
-    for needed in (KEPT_CSV, QUARANTINE_CSV, MANIFEST_FILE):
+    for needed in (KEPT_CSV, QUARANTINE_CSV, MANIFEST_CSV):
         if not (workdir / needed).is_file():
             raise UserError(f"{needed} not found; run the validate and clean stages first (dvc repro clean)")
     kept = pd.read_csv(workdir / KEPT_CSV, dtype=str, keep_default_na=False)
@@ -118,7 +112,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     print(f"images per class and split:\n{counts.to_string()}", file=sys.stderr)
     by_path = pd.Series(splits.to_numpy(), index=kept["path"])
     quarantine = pd.read_csv(workdir / QUARANTINE_CSV, dtype=str, keep_default_na=False)
-    cross = cross_split_duplicates(read_manifest(workdir / MANIFEST_FILE), quarantine, by_path)
+    cross = cross_split_duplicates(read_manifest(workdir / MANIFEST_CSV), quarantine, by_path)
     cross.to_csv(workdir / CROSS_SPLIT_CSV, index=False)
     return {
         "mode": "user folders" if honour else "seeded random",

@@ -1,7 +1,7 @@
 """Validate stage: a manifest of every file under data.root, checked with Great Expectations.
 
 Reads data.root (never writes there) and writes:
-  data/manifest.csv                        one row per file (tasks/manifest.py), with duplicate groups
+  data/manifest.csv                        one row per file (tasks/data/manifest.py), with duplicate groups
   reports/validate/validation.json         result per expectation and images per class
   reports/validate/summary.html            self-contained page for people (no external assets)
   reports/validate/data_docs/index.html    Great Expectations Data Docs (unstyled offline: CDN CSS)
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.cli import run_stage
-from tasks.config import Params, UserError, ValidateParams
-from tasks.duplicates import duplicate_groups
-from tasks.layout import check_layout, check_outputs_outside, resolve_root
-from tasks.manifest import MANIFEST_FILE, build_manifest, class_counts, write_manifest
+from tasks.common.cli import run_stage
+from tasks.common.config import Params, UserError, ValidateParams
+from tasks.common.paths import MANIFEST_CSV
+from tasks.data.duplicates import duplicate_groups
+from tasks.data.layout import check_layout, check_outputs_outside, resolve_root
+from tasks.data.manifest import build_manifest, class_counts, write_manifest
 
 REPORT_DIR = Path("reports/validate")
 # (check name, column) of every GE expectation, in report order; image_size has one per dimension.
@@ -420,7 +421,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     """Build the manifest, run the expectations, write the reports; raise on blocking failures."""
     start, p = time.perf_counter(), params.validate_
     root = resolve_root(params, workdir)
-    manifest_path, out_dir = workdir / MANIFEST_FILE, workdir / REPORT_DIR
+    manifest_path, out_dir = workdir / MANIFEST_CSV, workdir / REPORT_DIR
     entries, classes = check_layout(root)
     check_outputs_outside(root, [manifest_path, out_dir])
 

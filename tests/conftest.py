@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.config import Params, parse_params
+from tasks.common.config import Params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

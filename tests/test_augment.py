@@ -11,9 +11,9 @@ import yaml
 from PIL import Image
 
 from tasks import augment, train
-from tasks.augment import batch_mix, eval_transform, train_transform
-from tasks.bundle import load_bundle
-from tasks.config import UserError, parse_params
+from tasks.common.config import UserError, parse_params
+from tasks.model.bundle import load_bundle
+from tasks.model.transforms import batch_mix, eval_transform, train_transform
 from tests.conftest import PROJECT_ROOT, write_image_set
 
 SIZE = 32

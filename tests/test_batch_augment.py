@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from tasks.batch_augment import BatchAugment, batch_augmentable, normalize
-from tasks.config import AugmentParams
+from tasks.common.config import AugmentParams
+from tasks.training.batch_augment import BatchAugment, batch_augmentable, normalize
 
 SIZE = 32
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std: outputs stay pixel values in [0, 1]

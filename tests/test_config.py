@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from tasks.config import UserError, load_params, parse_params
+from tasks.common.config import UserError, load_params, parse_params
 from tests.conftest import PROJECT_ROOT, make_params
 
 

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from tasks import clean, split, validate
-from tasks.config import UserError
-from tasks.manifest import read_manifest
+from tasks.common import paths
+from tasks.common.config import UserError
+from tasks.data.manifest import read_manifest
 from tests.conftest import make_params, write_image_set
 
 # Expectations the corpus breaks on purpose; listed as warn_only so the pipeline completes.
@@ -150,7 +151,7 @@ def test_every_kind_of_bad_file_ends_with_the_right_reason(corpus: Path, tmp_pat
     assert manifest.loc["cat/link_out.png", "symlink"] == "leaves_root"
     assert manifest.loc["dog/.DS_Store", "hidden"]
 
-    quarantine = pd.read_csv(work / clean.QUARANTINE_CSV, keep_default_na=False).set_index("path")
+    quarantine = pd.read_csv(work / paths.QUARANTINE_CSV, keep_default_na=False).set_index("path")
     assert quarantine["reason"].to_dict() == EXPECTED_REASONS
     assert "cat/original.png" in quarantine.loc["cat/original_small.jpg", "detail"]
 
@@ -167,7 +168,7 @@ def test_kept_images_are_normalized_once(corpus: Path, tmp_path: Path):
     work = tmp_path / "work"
     validate.run(params, work)
     clean.run(params, work)
-    kept = pd.read_csv(work / clean.KEPT_CSV, keep_default_na=False).set_index("path")
+    kept = pd.read_csv(work / paths.KEPT_CSV, keep_default_na=False).set_index("path")
 
     def normalized(path: str) -> Image.Image:
         img = Image.open(work / kept.loc[path, "file"])
@@ -232,8 +233,8 @@ def test_duplicate_groups_never_straddle_splits(tmp_path: Path, seed: int):
     clean.run(params, tmp_path)
     split.run(params, tmp_path)
     where = {}
-    for name in split.SPLITS:
-        for path in pd.read_csv(tmp_path / split.split_csv(name))["path"]:
+    for name in paths.SPLITS:
+        for path in pd.read_csv(tmp_path / paths.split_csv(name))["path"]:
             where[path] = name
     assert len(where) == 3 * (6 * 3 + 10)  # every image used once
     for members in planted.values():
@@ -253,7 +254,7 @@ def test_user_split_folders_are_honoured_and_leaks_reported(tmp_path: Path):
     result = split.run(params, tmp_path)
 
     assert result["mode"] == "user folders" and result["cross_split_duplicate_groups"] == 1
-    frames = {n: pd.read_csv(tmp_path / split.split_csv(n)) for n in split.SPLITS}
+    frames = {n: pd.read_csv(tmp_path / paths.split_csv(n)) for n in paths.SPLITS}
     assert set(frames["test"]["path"]) <= {p.relative_to(root).as_posix() for p in (root / "test").rglob("*.png")}
     assert len(frames["val"]) == 6 and frames["val"]["path"].str.startswith("train/").all()  # carved from train
     assert sorted(frames["train"]["label"].unique()) == ["cat", "dog"]

@@ -17,10 +17,11 @@ from sklearn.metrics import (
 )
 
 from tasks import evaluate, train
-from tasks.bundle import load_bundle
-from tasks.calibration import expected_calibration_error, fit_temperature, reliability, softmax
-from tasks.images import open_rgb
-from tasks.metrics import classification_metrics, slice_metrics
+from tasks.common import paths
+from tasks.data.images import open_rgb
+from tasks.evaluation.calibration import expected_calibration_error, fit_temperature, reliability, softmax
+from tasks.evaluation.metrics import classification_metrics, slice_metrics
+from tasks.model.bundle import load_bundle
 from tests.test_stages import prepare
 
 
@@ -113,13 +114,13 @@ def test_slices_bucket_each_property_in_equal_counts():
 def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_path, image_root):
     params = prepare(tmp_path, image_root, train={"epochs": 3, "lr": 0.005}, evaluate={"worst_mistakes": 4})
     summary = train.run(params, tmp_path)
-    bundle = load_bundle(tmp_path / train.MODEL_DIR)
+    bundle = load_bundle(tmp_path / paths.MODEL_DIR)
     assert bundle.temperature == summary["temperature"] != 1.0 and bundle.tta == "none"
 
     evaluate.run(params, tmp_path)
 
-    metrics = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
-    predictions = pd.read_csv(tmp_path / evaluate.PREDICTIONS_CSV)
+    metrics = json.loads((tmp_path / paths.METRICS_JSON).read_text())
+    predictions = pd.read_csv(tmp_path / paths.PREDICTIONS_CSV)
     assert metrics["temperature"] == bundle.temperature and metrics["test_images"] == len(predictions) == 6
     first = tmp_path / predictions["file"].iloc[0]
     served = bundle.predict_proba(bundle.preprocess([open_rgb(first)]))[0]
@@ -127,7 +128,7 @@ def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_p
     assert set(metrics["slices"]) == {"brightness", "short_side"}
     for name in ("CONFUSION_PNG", "RELIABILITY_PNG", "MISTAKES_PNG"):
         assert (tmp_path / getattr(evaluate, name)).stat().st_size > 5000, name
-    page = (tmp_path / evaluate.REPORT_HTML).read_text()
+    page = (tmp_path / paths.REPORT_HTML).read_text()
     assert page.count("data:image/png;base64,") == 4  # confusion, calibration, mistakes, training curves
     assert "Expected calibration error" in page and "cat" in page
     reliability_csv = pd.read_csv(tmp_path / evaluate.RELIABILITY_CSV)
@@ -138,9 +139,9 @@ def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_p
     plain = bundle.logits_and_features(batch)[0]
     mirrored = bundle.logits_and_features(batch.flip(-1))[0]
     assert torch.allclose(bundle.logits_and_features(batch, tta="hflip")[0], (plain + mirrored) / 2, atol=1e-5)
-    meta_file = tmp_path / train.MODEL_DIR / "model.json"
+    meta_file = tmp_path / paths.MODEL_DIR / "model.json"
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "tta": "hflip"}))
     evaluate.run(params, tmp_path)
-    metrics = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
+    metrics = json.loads((tmp_path / paths.METRICS_JSON).read_text())
     assert "accuracy_without_tta" in metrics and "Accuracy without test-time augmentation" in (
-        tmp_path / evaluate.REPORT_HTML).read_text()
+        tmp_path / paths.REPORT_HTML).read_text()

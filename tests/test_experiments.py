@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.production import POINTER, write_pointer
+from tasks.common.paths import POINTER
+from tasks.model.registry import write_pointer
 from tests.conftest import PROJECT_ROOT, write_image_set
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,7 @@
 """The real Prefect flow over the real dvc.yaml, on a tiny image folder in a scratch DVC repo."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc.repo import Repo
 from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
-from tasks.production import POINTER, current_model, write_pointer
+from tasks.common.paths import POINTER
+from tasks.model.registry import current_model, write_pointer
 from tests.conftest import PROJECT_ROOT, write_image_set
 
 pytestmark = pytest.mark.slow
@@ -96,12 +99,42 @@ def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, m
     assert all(second[s] == "skipped (up to date)" for s in stages if s != "gate")
     third = pipeline(repo_dir=str(repo))
     assert {s: third[s] for s in stages} == {stage: "skipped (up to date)" for stage in stages}
+    assert_code_edits_change_only_the_stages_that_run_them(repo)
 
     set_train(repo, lr=0.01)  # another learning rate: the model and everything after it change
     fourth = pipeline(repo_dir=str(repo))
     upstream = stages[: stages.index("train")]
     assert {s: fourth[s] for s in upstream} == {s: "skipped (up to date)" for s in upstream}
     assert all(fourth[s] == "ran" for s in stages[stages.index("train"):])
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """The stages `dvc status` reports as changed."""
+    with contextlib.chdir(repo), Repo(str(repo)) as dvc_repo:
+        return set(dvc_repo.status())
+
+
+def assert_code_edits_change_only_the_stages_that_run_them(repo: Path) -> None:
+    """Editing a helper deep in a stage's imports makes DVC report that stage, and only the stages
+    that import it, as changed: dvc.yaml's code deps follow the imports (tasks/common/code_deps.py)."""
+    edits = {
+        # monitor -> monitoring/features -> data/images (image_stats: the drift report's columns)
+        "tasks/data/images.py": {"validate", "clean", "split", "augment", "train", "evaluate", "gate",
+                                 "package", "monitor"},
+        # monitor and gate -> model/bundle -> model/transforms (how every image is preprocessed)
+        "tasks/model/transforms.py": {"augment", "train", "evaluate", "gate", "package", "monitor"},
+        # gate -> model/registry; package through service/service.py (the production pointer)
+        "tasks/model/registry.py": {"gate", "package"},
+    }
+    assert changed_stages(repo) == set()
+    for helper, importers in edits.items():
+        original = (repo / helper).read_text()
+        (repo / helper).write_text(original + "\n# an edit\n")
+        try:
+            assert changed_stages(repo) == importers, helper
+        finally:
+            (repo / helper).write_text(original)
+    assert changed_stages(repo) == set()
 
 
 def test_flow_stops_before_promotion_when_the_gate_refuses(tmp_path, monkeypatch, prefect_api, caplog):

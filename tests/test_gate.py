@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tasks import evaluate, gate, package, production, train
-from tasks.config import UserError
+from tasks.common import paths
+from tasks.common.config import UserError
+from tasks.model import registry
 from tests.test_stages import prepare
 
 
@@ -73,42 +75,42 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     monkeypatch.chdir(tmp_path)  # production's command line works on the current folder
     params = prepare(tmp_path, image_root, train={"epochs": 3, "lr": 0.005})
     before = b'{\n  "current": null,\n  "previous": []\n}\n'
-    (tmp_path / production.POINTER).parent.mkdir()
-    (tmp_path / production.POINTER).write_bytes(before)
+    (tmp_path / paths.POINTER).parent.mkdir()
+    (tmp_path / paths.POINTER).write_bytes(before)
 
     # A first model: no champion, so it passes and becomes production.
     train.run(params, tmp_path)
     evaluate.run(params, tmp_path)
     assert gate.run(params, tmp_path)["verdict"] == "promote"
     packaged = package.run(params, tmp_path)
-    production.write_pointer(tmp_path / production.POINTER, {"current": {"model": "other:1"}, "previous": []})
+    registry.write_pointer(tmp_path / paths.POINTER, {"current": {"model": "other:1"}, "previous": []})
     with pytest.raises(UserError, match="production has changed since the gate ran"):
         production.promote(tmp_path)
-    (tmp_path / production.POINTER).write_bytes(before)
+    (tmp_path / paths.POINTER).write_bytes(before)
     entry = production.promote(tmp_path)
-    assert entry["model"] == packaged["model"] == production.current_model(tmp_path / production.POINTER)
-    promoted = (tmp_path / production.POINTER).read_bytes()
+    assert entry["model"] == packaged["model"] == registry.current_model(tmp_path / paths.POINTER)
+    promoted = (tmp_path / paths.POINTER).read_bytes()
 
     # The same weights again: the gate says so and promotion changes nothing.
     assert gate.run(params, tmp_path)["verdict"] == "already in production"
-    assert production.promote(tmp_path) == entry and (tmp_path / production.POINTER).read_bytes() == promoted
+    assert production.promote(tmp_path) == entry and (tmp_path / paths.POINTER).read_bytes() == promoted
 
     # A challenger whose new head never learned: the champion, scored from the model store, wins.
     worse = prepare(tmp_path, image_root, train={"epochs": 1, "lr": 1e-9})
     train.run(worse, tmp_path)
     evaluate.run(worse, tmp_path)
     result = gate.run(worse, tmp_path)
-    decision = json.loads((tmp_path / production.DECISION_JSON).read_text())
+    decision = json.loads((tmp_path / paths.DECISION_JSON).read_text())
     assert result["verdict"] == "refuse" and decision["champion"]["model"] == entry["model"]
     assert decision["champion_accuracy"] > decision["challenger_accuracy"]
     package.run(worse, tmp_path)
     with pytest.raises(UserError, match="the gate refused this challenger"):
         production.promote(tmp_path)
-    assert (tmp_path / production.POINTER).read_bytes() == promoted  # production is still the champion
+    assert (tmp_path / paths.POINTER).read_bytes() == promoted  # production is still the champion
 
     # Rollback undoes the promotion byte for byte; nothing is left to roll back after that.
     assert production.rollback(tmp_path) is None
-    assert (tmp_path / production.POINTER).read_bytes() == before
+    assert (tmp_path / paths.POINTER).read_bytes() == before
     with pytest.raises(UserError, match="nothing to roll back to"):
         production.rollback(tmp_path)
 
@@ -118,7 +120,7 @@ def test_gate_names_a_production_model_missing_from_the_store(tmp_path, image_ro
     params = prepare(tmp_path, image_root, train={"epochs": 1})
     train.run(params, tmp_path)
     evaluate.run(params, tmp_path)
-    production.write_pointer(tmp_path / production.POINTER, {
+    registry.write_pointer(tmp_path / paths.POINTER, {
         "current": {"model": "image-classifier:gone", "weights_sha256": "0" * 64}, "previous": []})
     with pytest.raises(UserError, match="image-classifier:gone .* is not in this machine's BentoML store"):
         gate.run(params, tmp_path)
@@ -127,4 +129,4 @@ def test_gate_names_a_production_model_missing_from_the_store(tmp_path, image_ro
 def test_production_pointer_rejects_a_hand_broken_file(tmp_path):
     (tmp_path / "production.json").write_text('{"current": null}')
     with pytest.raises(UserError, match="must hold exactly 'current' and 'previous'"):
-        production.read_pointer(tmp_path / "production.json")
+        registry.read_pointer(tmp_path / "production.json")

@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 from tasks import monitor
-from tasks.augment import eval_transform
-from tasks.backbones import create_backbone, pooled_features
-from tasks.bundle import fit_projection, load_bundle, save_bundle
-from tasks.config import UserError
-from tasks.features import profile_images
-from tasks.images import open_rgb
+from tasks.common.config import UserError
+from tasks.data.images import open_rgb
+from tasks.model.backbones import create_backbone, pooled_features
+from tasks.model.bundle import fit_projection, load_bundle, save_bundle
+from tasks.model.transforms import eval_transform
+from tasks.monitoring import drift, traffic
+from tasks.monitoring.features import profile_images
 from tests.conftest import make_params, write_image_set
 
 CLASSES = {"cat": 15, "dog": 15, "fox": 15}
@@ -96,8 +97,8 @@ def test_without_traffic_compares_the_test_split(workdir: Path):
     summary = json.loads((workdir / "reports/monitor/drift.json").read_text())
     assert summary["source"] == "test_split"
     assert summary["reference_rows"] == summary["current_rows"] == sum(CLASSES.values())
-    assert summary["columns_checked"] == len(monitor.DRIFT_COLUMNS)
-    assert set(summary["columns"]) == set(monitor.DRIFT_COLUMNS)
+    assert summary["columns_checked"] == len(drift.DRIFT_COLUMNS)
+    assert set(summary["columns"]) == set(drift.DRIFT_COLUMNS)
     assert summary["columns"]["brightness"]["method"]
     assert not summary["dataset_drift"]
     assert summary["drift_share_observed"] < 0.5
@@ -144,14 +145,14 @@ def test_too_little_traffic_falls_back_to_the_test_split(workdir: Path):
     "{broken",
 ])
 def test_unusable_lines_are_rejected(line: str):
-    assert monitor.parse_traffic_line(line) is None
+    assert traffic.parse_traffic_line(line) is None
 
 
 def test_non_numeric_feature_is_rejected():
-    row = {col: 0.5 for col in monitor.NUMERICAL_COLUMNS} | {"prediction": "cat"}
-    assert monitor.parse_traffic_line(json.dumps(row)) == row
-    assert monitor.parse_traffic_line(json.dumps(row | {"contrast": "high"})) is None
-    assert monitor.parse_traffic_line(json.dumps(row | {"prediction": None})) is None
+    row = {col: 0.5 for col in drift.NUMERICAL_COLUMNS} | {"prediction": "cat"}
+    assert traffic.parse_traffic_line(json.dumps(row)) == row
+    assert traffic.parse_traffic_line(json.dumps(row | {"contrast": "high"})) is None
+    assert traffic.parse_traffic_line(json.dumps(row | {"prediction": None})) is None
 
 
 def test_missing_inputs_name_the_fix(tmp_path: Path):

@@ -22,12 +22,13 @@ import pytest
 import torch
 
 from tasks import package
-from tasks.augment import eval_transform
-from tasks.backbones import create_backbone, pooled_features
-from tasks.bundle import fit_projection, load_bundle, save_bundle
-from tasks.config import UserError
-from tasks.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
-from tasks.images import open_rgb
+from tasks.common.config import UserError
+from tasks.common.files import sha256
+from tasks.data.images import open_rgb
+from tasks.model.backbones import create_backbone, pooled_features
+from tasks.model.bundle import fit_projection, load_bundle, save_bundle
+from tasks.model.transforms import eval_transform
+from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tests.conftest import make_params, write_image_set
 
 CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog images green
@@ -167,8 +168,8 @@ def test_package_stores_model_and_bento(packaged: dict):
     assert meta["labels"] == ["cat", "dog"] and meta["image_size"] == IMAGE_SIZE
     assert meta["backbone"] == "tf_efficientnet_lite0"
     workdir = packaged["workdir"]
-    assert meta["weights_sha256"] == package.sha256(workdir / "models/model.safetensors")
-    assert meta["data_version"] == package.sha256(workdir / "data/split/train.csv")
+    assert meta["weights_sha256"] == sha256(workdir / "models/model.safetensors")
+    assert meta["data_version"] == sha256(workdir / "data/split/train.csv")
     assert report["metadata"] == meta
 
     bento = bentoml.get(report["bento_tag"])
@@ -177,10 +178,15 @@ def test_package_stores_model_and_bento(packaged: dict):
 
 
 def test_package_without_an_evaluated_bundle_says_what_to_run(tmp_path: Path):
-    with pytest.raises(UserError, match="dvc repro evaluate"):
+    with pytest.raises(UserError, match="no model bundle in .*dvc repro train"):
         package.run(make_params(), tmp_path)
 
     (tmp_path / "models").mkdir()
+    (tmp_path / "models/model.safetensors").write_bytes(b"weights")
+    (tmp_path / "models/model.json").write_text("{not json")
+    with pytest.raises(UserError, match="model.json is not valid JSON"):
+        package.run(make_params(), tmp_path)
+
     (tmp_path / "models/model.safetensors").write_bytes(b"weights")
     (tmp_path / "models/model.json").write_text(json.dumps({"labels": ["a", "b"], "backbone": "x", "image_size": 8}))
     with pytest.raises(UserError, match="metrics.json not found; run dvc repro evaluate"):

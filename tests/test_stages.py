@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from tasks import clean, evaluate, monitor, sample, split, train, validate
-from tasks.bundle import load_bundle
-from tasks.config import UserError
+from tasks.common import paths
+from tasks.common.config import UserError
+from tasks.model.bundle import load_bundle
 from tests.conftest import make_params, write_image_set
 
 
@@ -40,8 +41,12 @@ def prepare(workdir: Path, root: Path, **sections):
     return params
 
 
-def test_sample_writes_digits_as_class_folders(tmp_path):
-    params = make_params(sample={"out_dir": "digits"})
+def test_sample_writes_digits_only_when_data_root_is_the_sample_folder(tmp_path):
+    elsewhere = make_params(sample={"out_dir": "digits"}, data={"root": "my_images"})
+    assert sample.run(elsewhere, tmp_path)["images"] == 0
+    assert (tmp_path / "digits").is_dir() and not any((tmp_path / "digits").iterdir())
+
+    params = make_params(sample={"out_dir": "digits"}, data={"root": "digits"})
     result = sample.run(params, tmp_path)
     assert result["images"] == 1797
     folders = sorted(p.name for p in (tmp_path / "digits").iterdir())
@@ -59,7 +64,7 @@ def test_clean_quarantines_with_reasons_and_leaves_raw_data_alone(tmp_path, imag
 
     result = prepare(tmp_path, image_root, validate={"warn_only": ["label_conflict", "duplicate_share"]})
 
-    quarantine = pd.read_csv(tmp_path / clean.QUARANTINE_CSV).set_index("path")
+    quarantine = pd.read_csv(tmp_path / paths.QUARANTINE_CSV).set_index("path")
     assert quarantine.loc["cat/truncated.png", "reason"] == "undecodable"
     assert quarantine.loc["fox/notes.jpg", "reason"] == "not_an_image"
     assert quarantine.loc["cat/z_copy.png", "reason"] == "exact_duplicate"
@@ -67,7 +72,7 @@ def test_clean_quarantines_with_reasons_and_leaves_raw_data_alone(tmp_path, imag
     for conflicting in ("dog/img_000.png", "fox/dog_or_fox.png"):
         assert quarantine.loc[conflicting, "reason"] == "label_conflict"
         assert "classes dog, fox" in quarantine.loc[conflicting, "detail"]
-    kept = pd.read_csv(tmp_path / clean.KEPT_CSV)
+    kept = pd.read_csv(tmp_path / paths.KEPT_CSV)
     assert len(kept) == 35 and not set(kept["path"]) & set(quarantine.index)
     for file in kept["file"]:  # normalized copies, outside data.root
         assert (tmp_path / file).is_file() and file.startswith("data/clean/images/")
@@ -77,7 +82,7 @@ def test_clean_quarantines_with_reasons_and_leaves_raw_data_alone(tmp_path, imag
 
 def test_split_is_stratified_disjoint_and_seeded(tmp_path, image_root):
     params = prepare(tmp_path, image_root)
-    frames = {name: pd.read_csv(tmp_path / split.split_csv(name)) for name in split.SPLITS}
+    frames = {name: pd.read_csv(tmp_path / paths.split_csv(name)) for name in paths.SPLITS}
     for frame in frames.values():
         assert sorted(frame["label"].unique()) == ["cat", "dog", "fox"]
     files = [set(f["file"]) for f in frames.values()]
@@ -87,11 +92,11 @@ def test_split_is_stratified_disjoint_and_seeded(tmp_path, image_root):
     assert list(counts.columns) == ["train", "val", "test", "total"]
     assert counts["total"].to_dict() == {"cat": 12, "dog": 12, "fox": 12}
 
-    first = (tmp_path / split.split_csv("test")).read_text()
+    first = (tmp_path / paths.split_csv("test")).read_text()
     split.run(params, tmp_path)
-    assert (tmp_path / split.split_csv("test")).read_text() == first
+    assert (tmp_path / paths.split_csv("test")).read_text() == first
     split.run(make_params(data={"root": str(image_root)}, split={"seed": 7}), tmp_path)
-    assert (tmp_path / split.split_csv("test")).read_text() != first
+    assert (tmp_path / paths.split_csv("test")).read_text() != first
 
 
 def test_split_refuses_a_class_too_small_to_split(tmp_path):
@@ -110,13 +115,13 @@ def test_train_and_evaluate_write_a_working_bundle(tmp_path, image_root):
     history = pd.read_csv(tmp_path / train.HISTORY_CSV)
     assert list(history["epoch"]) == list(range(1, 9))
 
-    bundle = load_bundle(tmp_path / train.MODEL_DIR)
+    bundle = load_bundle(tmp_path / paths.MODEL_DIR)
     assert bundle.labels == ["cat", "dog", "fox"] and bundle.image_size == 32
     meta = json.loads((tmp_path / "models" / "model.json").read_text())
     assert meta["mean"] == [0.5, 0.5, 0.5] and meta["backbone"] == "tf_efficientnet_lite0"
 
     result = evaluate.run(params, tmp_path)
-    metrics = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
+    metrics = json.loads((tmp_path / paths.METRICS_JSON).read_text())
     assert metrics["accuracy"] == result["accuracy"] >= 0.8  # three flat colours: easy after ImageNet
     assert set(metrics["per_class"]) == {"cat", "dog", "fox"}
     assert (tmp_path / evaluate.CONFUSION_PNG).stat().st_size > 1000
@@ -126,7 +131,7 @@ def test_train_and_evaluate_write_a_working_bundle(tmp_path, image_root):
 def test_other_backbones_run_through_the_same_stages(tmp_path, image_root, backbone):
     params = prepare(tmp_path, image_root, train={"backbone": backbone, "weights": "none", "epochs": 1})
     train.run(params, tmp_path)
-    assert load_bundle(tmp_path / train.MODEL_DIR).backbone == backbone
+    assert load_bundle(tmp_path / paths.MODEL_DIR).backbone == backbone
     assert evaluate.run(params, tmp_path)["test_images"] == 6
     assert monitor.run(params, tmp_path)["current_rows"] == 6  # embeddings of the test split
 

@@ -15,15 +15,18 @@ import torchvision
 import yaml
 from safetensors.torch import load_file
 
-from tasks import checkpoint, train
-from tasks.backbones import create_backbone, head_module, resolve_inputs
-from tasks.bundle import WEIGHTS_FILE, load_bundle
-from tasks.config import UserError
-from tasks.distributed import World
-from tasks.image_cache import KEEP, image_cache, square_pixels
-from tasks.inputs import TensorBatches, epoch_order
-from tasks.optim import EarlyStopping, make_loss, sample_weights
-from tasks.strategies import layer_groups, param_groups, set_trainable, trainable_groups
+from tasks import train
+from tasks.common import paths
+from tasks.common.code_deps import import_closure
+from tasks.common.config import UserError
+from tasks.model.backbones import create_backbone, head_module, resolve_inputs
+from tasks.model.bundle import WEIGHTS_FILE, load_bundle
+from tasks.training import checkpoint
+from tasks.training.batches import TensorBatches, epoch_order
+from tasks.training.distributed import World
+from tasks.training.image_cache import KEEP, image_cache, square_pixels
+from tasks.training.optim import EarlyStopping, make_loss, sample_weights
+from tasks.training.strategies import layer_groups, param_groups, set_trainable, trainable_groups
 from tests.conftest import PROJECT_ROOT, make_params, write_splits
 
 NO_STOP = {"metric": "accuracy", "patience": 0, "min_delta": 0.0}
@@ -40,7 +43,7 @@ def history(workdir: Path) -> pd.DataFrame:
 
 
 def bundle_tensors(workdir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(workdir / train.MODEL_DIR / WEIGHTS_FILE))
+    return load_file(str(workdir / paths.MODEL_DIR / WEIGHTS_FILE))
 
 
 @pytest.fixture
@@ -106,7 +109,7 @@ def test_each_strategy_trains_what_it_should_when(splits, strategy):
         assert trainable[0] == head and trainable[0] < trainable[1] < trainable[2] < trainable[3] == everything
         assert backbone_moved
     assert not torch.equal(saved["classifier.weight"], pretrained.state_dict()["classifier.weight"])
-    assert load_bundle(splits / train.MODEL_DIR).labels == ["cat", "dog", "fox"]
+    assert load_bundle(splits / paths.MODEL_DIR).labels == ["cat", "dog", "fox"]
 
 
 # --- reproducible, resumable --------------------------------------------------------------------
@@ -160,6 +163,18 @@ def test_a_killed_run_resumes_and_ends_where_an_unbroken_one_does(tmp_path, caps
     assert history(broken)["lr"].max() < history(unbroken)["lr"].max()
 
 
+def test_the_fingerprint_covers_the_code_training_runs_and_a_broken_checkpoint_is_reported(tmp_path, capsys):
+    code = {f.relative_to(PROJECT_ROOT).as_posix() for f in import_closure([checkpoint.TRAIN_STAGE])}
+    assert {"tasks/train.py", "tasks/training/loop.py", "tasks/training/step.py", "tasks/data/images.py",
+            "tasks/common/config.py"} <= code
+    assert "tasks/evaluate.py" not in code and "tasks/monitoring/drift.py" not in code
+
+    (tmp_path / "last.pt").write_bytes(b"half a checkpoint")
+    assert checkpoint.resumable(tmp_path, "any") is None
+    err = capsys.readouterr().err
+    assert "last.pt cannot be read" in err and "starting afresh" in err
+
+
 @pytest.mark.slow
 def test_data_parallel_training_with_two_cpu_processes(tmp_path):
     write_splits(tmp_path, {"train": 8, "val": 5})  # 24 training images, 15 validation images
@@ -174,7 +189,7 @@ def test_data_parallel_training_with_two_cpu_processes(tmp_path):
     assert list(history(tmp_path)["epoch"]) == [1, 2]
     # Validation figures are summed over both processes: 15 images, so accuracy is a multiple of 1/15.
     assert all(abs(acc * 15 - round(acc * 15)) < 1e-6 for acc in history(tmp_path)["val_acc"])
-    assert load_bundle(tmp_path / train.MODEL_DIR).labels == ["cat", "dog", "fox"]
+    assert load_bundle(tmp_path / paths.MODEL_DIR).labels == ["cat", "dog", "fox"]
 
 
 def test_training_batches_keep_the_drawn_order_for_mixup_neighbours():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.config import UserError
-from tasks.manifest import MANIFEST_COLUMNS, read_manifest
+from tasks.common.config import UserError
+from tasks.data.manifest import MANIFEST_COLUMNS, read_manifest
 from tasks.validate import run
 from tests.conftest import make_params, write_image_set
 
@@ -157,8 +157,8 @@ def test_manifest_cache_reads_only_changed_files(image_root: Path, tmp_path: Pat
 
 
 def test_parallel_and_sequential_manifests_agree(image_root: Path, tmp_path: Path):
-    from tasks.layout import list_entries
-    from tasks.manifest import build_manifest
+    from tasks.data.layout import list_entries
+    from tasks.data.manifest import build_manifest
 
     add_bad_files(image_root)
     entries = list_entries(image_root)

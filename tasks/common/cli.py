@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tasks.config import Params, UserError, load_params
+from tasks.common.config import Params, UserError, load_params
 
 # When set, a failing stage also writes its one-line reason here, so the flow can report it.
 ERROR_FILE_ENV = "PIPELINE_STAGE_ERROR_FILE"

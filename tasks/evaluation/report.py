@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.bundle import Bundle
+from tasks.model.bundle import Bundle
 
 HEADLINE = {  # metrics.json key -> what a reviewer reads
     "accuracy": "Accuracy",

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from tasks.config import TrainParams
+from tasks.common.config import TrainParams
 
 
 def make_optimizer(groups: list[dict], cfg: TrainParams, device: torch.device, capturable: bool) -> torch.optim.Optimizer:

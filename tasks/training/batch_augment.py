@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from tasks.config import AugmentParams, TrainParams, UserError
+from tasks.common.config import AugmentParams, TrainParams, UserError
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 ERASE_SCALE = (0.02, 0.33)  # RandomErasing's defaults: area share and aspect ratio of the rectangle

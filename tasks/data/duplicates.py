@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks.images import to_8bit
+from tasks.data.images import to_8bit
 
 HASH_SIZE = 32  # thumbnail side; the hash keeps its 8x8 lowest frequencies
 _k = np.arange(HASH_SIZE)

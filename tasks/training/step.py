@@ -13,15 +13,11 @@ import copy
 import torch
 from torch import nn
 
+from tasks.model.device import autocast
+
 AUTO_BATCH_CPU = 64
 AUTO_BATCH_LIMIT = 1024
 AUTO_BATCH_MEMORY_SHARE = 0.8  # leave room for the optimizer state, the cache and fragmentation
-
-
-def autocast(device: torch.device, graph_safe: bool = False):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); float32 on the CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
-                          cache_enabled=not graph_safe)  # graph capture requires the cast cache off
 
 
 class TrainStep:
@@ -83,8 +79,8 @@ class TrainStep:
             self._static_loss, self._static_logits = self._forward_backward(self._static_inputs, self._static_targets)
 
 
-def graph_capturable(optimizer_name: str, device: torch.device, compiled: bool, processes: int) -> str | None:
-    """None when the step can be captured, else the reason it runs eagerly."""
+def why_not_capturable(optimizer_name: str, device: torch.device, compiled: bool, processes: int) -> str | None:
+    """Why the training step cannot be captured in a CUDA graph, or None when it can."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     if optimizer_name != "adamw":

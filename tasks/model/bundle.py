@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tasks.augment import eval_transform
-from tasks.backbones import head_logits, pooled_features, rebuild
-from tasks.config import UserError
+from tasks.common.config import UserError
+from tasks.model.backbones import head_logits, pooled_features, rebuild
+from tasks.model.transforms import eval_transform
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -40,7 +40,7 @@ class Bundle:
     crop_pct: float
     projection_mean: torch.Tensor  # (D,)
     projection: torch.Tensor  # (D, EMBEDDING_DIMS)
-    temperature: float = 1.0  # probabilities are softmax(logits / temperature) (tasks/calibration.py)
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature) (tasks/evaluation/calibration.py)
     tta: str = "none"  # hflip: logits are the mean over the image and its mirror image
     device: torch.device = torch.device("cpu")
 
@@ -110,7 +110,10 @@ def read_meta(bundle_dir: str | Path) -> dict:
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / META_FILE).is_file() or not (bundle_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"no model bundle in {bundle_dir}; run the train stage first (dvc repro train)")
-    meta = json.loads((bundle_dir / META_FILE).read_text())
+    try:
+        meta = json.loads((bundle_dir / META_FILE).read_text())
+    except ValueError:
+        raise UserError(f"{bundle_dir / META_FILE} is not valid JSON; run the train stage again (dvc repro train)") from None
     meta.setdefault("crop_pct", 1.0)  # bundles from before the key resized straight to image_size
     meta.setdefault("background", [255, 255, 255])  # and composited transparency on white
     meta.setdefault("temperature", 1.0)  # and were not calibrated

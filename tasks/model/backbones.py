@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tasks.config import TrainParams, UserError
+from tasks.common.config import TrainParams, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
-from tasks.config import Params, UserError
+from tasks.common.config import Params, UserError
 
 SPLIT_FOLDERS = ("train", "val", "test")
 

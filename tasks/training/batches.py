@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.distributed import World
-from tasks.images import open_rgb
+from tasks.data.images import open_rgb
+from tasks.training.distributed import World
 
 Prepare = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (batch, augmentation stream)
 RESIDENT_SHARE = 0.25  # the cache moves into GPU memory when it takes at most this share of what is free

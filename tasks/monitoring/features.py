@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from tasks.bundle import EMBEDDING_DIMS, Bundle
-from tasks.images import image_stats
+from tasks.data.images import image_stats
+from tasks.model.bundle import EMBEDDING_DIMS, Bundle
 
 STAT_COLUMNS = ["brightness", "contrast", "sharpness", "width", "height"]
 EMBEDDING_COLUMNS = [f"emb_{i}" for i in range(EMBEDDING_DIMS)]
 FEATURE_COLUMNS = STAT_COLUMNS + EMBEDDING_COLUMNS
 PREDICTION_COLUMNS = ["prediction", "confidence"]
+LOGGED_COLUMNS = FEATURE_COLUMNS + PREDICTION_COLUMNS  # one logged image, as the monitor stage reads it
 
 
 def feature_rows(images: list[Image.Image], probs: np.ndarray, embeddings: np.ndarray, labels: list[str]) -> list[dict]:

@@ -12,7 +12,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from tasks.calibration import BINS, expected_calibration_error
+from tasks.evaluation.calibration import BINS, expected_calibration_error
 
 
 def classification_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int,

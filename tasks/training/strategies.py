@@ -18,8 +18,8 @@ import math
 
 from torch import nn
 
-from tasks.backbones import head_module
-from tasks.config import TrainParams
+from tasks.common.config import TrainParams
+from tasks.model.backbones import head_module
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 

@@ -17,11 +17,13 @@ from typing import Sequence
 import numpy as np
 from torchvision.transforms import v2
 
-from tasks.config import UserError
-from tasks.images import open_rgb
-from tasks.parallel import map_chunks
+from tasks.common.config import UserError
+from tasks.common.files import atomic_path
+from tasks.common.parallel import map_chunks
+from tasks.common.paths import CACHE_DIR as CACHE_ROOT
+from tasks.data.images import open_rgb
 
-CACHE_DIR = Path(".cache/images")
+CACHE_DIR = CACHE_ROOT / "images"
 CACHE_VERSION = 1  # bump when the stored pixels change, so old caches are ignored
 KEEP = 6  # most recently used cache files kept: train and val of the last three dataset versions
 
@@ -67,11 +69,9 @@ def image_cache(files: Sequence[Path], side: int, cache_dir: Path, desc: str = "
     shape = (len(files), side, side, 3)
     path = cache_dir / f"{cache_key(files, side)}_{side}px.u8"
     if not path.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial_path = path.with_suffix(f".partial{os.getpid()}")  # a killed build never looks complete
-        np.memmap(partial_path, dtype=np.uint8, mode="w+", shape=shape).flush()
-        map_chunks(partial(_fill, partial_path, shape, side), list(enumerate(files)), desc=desc)
-        partial_path.replace(path)
+        with atomic_path(path) as partial_path:  # a killed build never looks complete
+            np.memmap(partial_path, dtype=np.uint8, mode="w+", shape=shape).flush()
+            map_chunks(partial(_fill, partial_path, shape, side), list(enumerate(files)), desc=desc)
         prune(cache_dir, "*.u8", KEEP)
     os.utime(path)  # marks it used
     return np.memmap(path, dtype=np.uint8, mode="c", shape=shape)

@@ -3,12 +3,12 @@
 Built in parallel on every core and cached by (path, size, mtime), so re-validating an unchanged
 or slightly changed folder reads only what changed. data.root is only ever read. Columns:
 
-    path, label, split        where the file lies (see tasks/layout.py)
+    path, label, split        where the file lies (see tasks/data/layout.py)
     hidden, symlink           recorded, never followed out of data.root
     bytes, sha256             identity of the content
     format, mode, bit_depth   as detected from the content (not the file name)
     width, height, frames, orientation (EXIF, 1 = upright)
-    phash                     64-bit perceptual hash of decoded images ("" for flat ones; tasks/duplicates.py)
+    phash                     64-bit perceptual hash of decoded images ("" for flat ones; tasks/data/duplicates.py)
     decodes, problem, error   decodes fully, else a problem code and the exact error
     duplicate_group           added by the validate stage: files with the same or near-same content
 """
@@ -25,12 +25,13 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from tasks.duplicates import hash_thumbnail, perceptual_hashes
-from tasks.layout import Entry
-from tasks.parallel import map_chunks
+from tasks.common.files import atomic_path
+from tasks.common.parallel import map_chunks
+from tasks.common.paths import CACHE_DIR as CACHE_ROOT
+from tasks.data.duplicates import hash_thumbnail, perceptual_hashes
+from tasks.data.layout import Entry
 
-MANIFEST_FILE = Path("data/manifest.csv")
-CACHE_DIR = Path(".cache/manifest")
+CACHE_DIR = CACHE_ROOT / "manifest"
 CACHE_VERSION = 6  # bump when inspect_file's output changes, so old caches are ignored
 
 FILE_DTYPES = {
@@ -156,10 +157,8 @@ def read_cache(path: Path) -> pd.DataFrame:
 
 
 def write_cache(path: Path, table: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)  # atomic: an interrupted run never leaves half a cache
+    with atomic_path(path) as partial:  # an interrupted run never leaves half a cache
+        table.to_parquet(partial, index=False)
 
 
 def file_frame(rows: list[dict]) -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""What several stages share and nothing else: params.yaml models, shared paths, the stage CLI, file helpers."""

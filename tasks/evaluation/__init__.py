@@ -1,0 +1,1 @@
+"""Judging a model: metrics, calibration, predictions on image files, plots and the HTML report."""

@@ -1,0 +1,1 @@
+"""The training engine behind the train stage: batches, augmentation, strategies, optimizer, step, checkpoints."""
