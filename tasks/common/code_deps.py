@@ -159,7 +159,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.write:
         changed = write_code_deps()
-        print(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: code deps up to date")
+        print(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed
+              else "dvc.yaml: code deps up to date")
         return 0
     stale = stale_code_deps()
     for name, diff in stale.items():

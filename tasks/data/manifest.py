@@ -46,6 +46,7 @@ NULLABLE = [c for c, t in MANIFEST_DTYPES.items() if t == "Int64"]
 
 # Problem codes of the `problem` column: empty, not_an_image, over_pixel_limit (never decoded),
 # corrupt, unreadable, symlink_leaves_root, symlinked_folder, broken_symlink (never followed).
+NOT_FOLLOWED = ("symlink_leaves_root", "symlinked_folder", "broken_symlink")  # symlinks never opened
 MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 
 

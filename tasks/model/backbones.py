@@ -140,13 +140,9 @@ def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
     setattr(container, name, nn.Linear(getattr(container, name).in_features, num_classes))
 
 
-def _is_timm(name: str) -> bool:
-    return name in timm.list_models()
-
-
 def input_config(name: str) -> InputConfig:
     """The input a backbone's pretrained weights expect, read from its config without building it."""
-    if _is_timm(name):
+    if timm.is_model(name):
         cfg = timm.data.resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(name).to_dict())
         return InputConfig(tuple(cfg["mean"]), tuple(cfg["std"]), float(cfg["crop_pct"]), int(cfg["input_size"][-1]))
     if name in torchvision.models.list_models(module=torchvision.models):
@@ -171,7 +167,7 @@ def create_backbone(name: str, weights: str, num_classes: int) -> Backbone:
     """A model with `num_classes` outputs, plus the input normalization and crop its weights expect."""
     inputs = input_config(name)  # first: it rejects unknown names
     local = weights not in ("imagenet", "none")
-    build = _timm_backbone if _is_timm(name) else _torchvision_backbone
+    build = _timm_backbone if timm.is_model(name) else _torchvision_backbone
     model = build(name, "none" if local else weights, num_classes)
     if local:
         _load_matching(model, _load_checkpoint(Path(weights)), weights)
@@ -180,7 +176,7 @@ def create_backbone(name: str, weights: str, num_classes: int) -> Backbone:
 
 def rebuild(name: str, num_classes: int) -> nn.Module:
     """The same architecture with random weights, to load a trained bundle into."""
-    if _is_timm(name):
+    if timm.is_model(name):
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     model = torchvision.models.get_model(name)
     _replace_torchvision_head(model, num_classes)

@@ -113,7 +113,7 @@ def read_meta(bundle_dir: str | Path) -> dict:
     try:
         meta = json.loads((bundle_dir / META_FILE).read_text())
     except ValueError:
-        raise UserError(f"{bundle_dir / META_FILE} is not valid JSON; run the train stage again (dvc repro train)") from None
+        raise UserError(f"{bundle_dir / META_FILE} is not valid JSON; train again (dvc repro train)") from None
     meta.setdefault("crop_pct", 1.0)  # bundles from before the key resized straight to image_size
     meta.setdefault("background", [255, 255, 255])  # and composited transparency on white
     meta.setdefault("temperature", 1.0)  # and were not calibrated
