@@ -83,7 +83,7 @@ def bench(kind: str, n: int, scratch: Path, workers: int) -> dict:
     (manifest, _), first_s = timed(lambda: build_manifest(root, list_entries(root), MAX_PIXELS, work, workers))
     (_, stats), cached_s = timed(lambda: build_manifest(root, list_entries(root), MAX_PIXELS, work, workers))
     assert stats["read"] == 0 and manifest["decodes"].all()
-    groups, near_s = timed(lambda: duplicate_groups(manifest, 4))
+    groups, near_s = timed(lambda: duplicate_groups(manifest, 4, root))
     return {
         "kind": kind, "size": "x".join(map(str, KINDS[kind][0])), "images": n, "workers": workers,
         "bytes_mb": round(sum(f.stat().st_size for f in files) / 1e6, 1),

@@ -64,7 +64,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     check_outputs_outside(root, [manifest_path, out_dir])
 
     manifest, stats = build_manifest(root, entries, p.max_pixels, workdir)
-    manifest["duplicate_group"] = duplicate_groups(manifest, p.near_duplicate_distance)
+    manifest["duplicate_group"] = duplicate_groups(manifest, p.near_duplicate_distance, root)
     write_manifest(manifest, manifest_path)
     files, counts = file_table(manifest), class_table(class_counts(manifest, classes))
 

@@ -263,3 +263,41 @@ def test_user_split_folders_are_honoured_and_leaks_reported(tmp_path: Path):
     assert report["status"].str.contains("quarantined").sum() == 1
     all_paths = [set(f["path"]) for f in frames.values()]
     assert len(set.union(*all_paths)) == sum(len(p) for p in all_paths)  # no file in two splits
+
+
+def digit(index: int, size: int) -> Image.Image:
+    """A real 8x8 scan of scikit-learn's digits, upscaled to size x size: an MNIST-like image."""
+    from sklearn.datasets import load_digits
+
+    pixels = np.round(load_digits().images[index] * 255 / 16).astype(np.uint8)
+    return Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.BICUBIC)
+
+
+def test_small_images_are_grouped_with_their_resized_copies_and_distinct_ones_are_not(tmp_path: Path):
+    root = tmp_path / "images"
+    for label in ("0", "1", "2"):  # eight distinct 28 px scans per class (the digits are sorted 0-9 repeatedly)
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            digit(int(label) + 10 * i, 28).save(root / label / f"scan_{i}.png")
+    out = io.BytesIO()
+    Image.open(root / "1/scan_0.png").resize((56, 56), Image.Resampling.BICUBIC).save(out, "JPEG", quality=75)
+    (root / "1/scan_0_large.jpg").write_bytes(out.getvalue())  # small original, large copy
+    digit(202, 64).save(root / "2/big.png")  # a scan none of the others is
+    digit(202, 64).resize((16, 16), Image.Resampling.LANCZOS).save(root / "2/big_thumb.png")  # and the other way
+    params = make_params(data={"root": str(root)}, validate={"warn_only": ["duplicate_share"]})
+    before = tree_hash(root)
+
+    validate.run(params, tmp_path)
+    clean.run(params, tmp_path)
+
+    manifest = read_manifest(tmp_path / paths.MANIFEST_CSV).set_index("path")
+    group = manifest["duplicate_group"]
+    assert group["1/scan_0.png"] == group["1/scan_0_large.jpg"]
+    assert group["2/big.png"] == group["2/big_thumb.png"]
+    sizes = group.value_counts()
+    assert sorted(sizes[sizes > 1].index) == sorted({group["1/scan_0.png"], group["2/big.png"]})
+    assert (sizes[sizes > 1] == 2).all()  # no distinct scan joined either group or formed one
+    quarantine = pd.read_csv(tmp_path / paths.QUARANTINE_CSV, keep_default_na=False).set_index("path")
+    assert quarantine["reason"].to_dict() == {"1/scan_0.png": "near_duplicate", "2/big_thumb.png": "near_duplicate"}
+    assert "near copy of 1/scan_0_large.jpg" in quarantine.loc["1/scan_0.png", "detail"]
+    assert tree_hash(root) == before

@@ -32,7 +32,7 @@ from tasks.data.duplicates import hash_thumbnail, perceptual_hashes
 from tasks.data.layout import Entry
 
 CACHE_DIR = CACHE_ROOT / "manifest"
-CACHE_VERSION = 6  # bump when inspect_file's output changes, so old caches are ignored
+CACHE_VERSION = 7  # bump when inspect_file's output changes, so old caches are ignored
 
 FILE_DTYPES = {
     "path": str, "label": str, "split": str, "hidden": bool, "symlink": str, "bytes": "int64",
