@@ -162,8 +162,8 @@ def fit(ctx: TrainContext, state: RunState, run_fingerprint: str) -> None:
             step = training_step(ctx, state)
             trainable_now = count
         reset_peak_memory(device)
-        fitted = train_epoch(state, step, streams, ctx.num_classes, device, world, desc=f"epoch {epoch}/{cfg.epochs}")
-        val = validate(state.judged, state.val_in, ctx.num_classes, device, world)
+        fitted = train_epoch(state, step, streams, ctx, desc=f"epoch {epoch}/{cfg.epochs}")
+        val = validate(state.judged, state.val_in, ctx)
         state.history.append({
             "epoch": epoch, "train_loss": fitted["loss"], "train_acc": fitted["acc"],
             "val_loss": val["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
@@ -211,7 +211,7 @@ def finish(params: Params, ctx: TrainContext, state: RunState, labels: list[str]
         update_bn(cached_images(alone, train_df, y_train, train=True, augment=False).batches(order), model, device)
         train_features = embed(model, cached_images(alone, train_df, y_train, train=False, augment=False), device)
     val_in = cached_images(alone, val_df, targets(val_df, labels), train=False, augment=False)
-    val = validate(model, val_in, ctx.num_classes, device, alone.world)
+    val = validate(model, val_in, alone)
     calibration = calibrate(model, val_in, params.inference.tta, params.inference.temperature_scaling, device)
     meta = {
         "labels": labels, "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,

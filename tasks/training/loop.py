@@ -13,7 +13,7 @@ from tqdm import tqdm
 from tasks.evaluation.calibration import expected_calibration_error, fit_temperature, softmax
 from tasks.model.bundle import with_tta
 from tasks.model.device import autocast
-from tasks.training.distributed import World
+from tasks.training.inputs import TrainContext
 from tasks.training.optim import EarlyStopping
 from tasks.training.step import TrainStep
 from tasks.training.strategies import freeze_norm_stats
@@ -78,9 +78,10 @@ def seed_epoch(seed: int, epoch: int, rank: int, device: torch.device) -> tuple[
 
 
 def train_epoch(run: RunState, step: TrainStep, streams: tuple[torch.Generator, torch.Generator],
-                num_classes: int, device: torch.device, world: World, desc: str) -> dict:
+                ctx: TrainContext, desc: str) -> dict:
     """One pass over the training batches. Figures stay on the device until the end of the epoch
     (the progress bar reads them every few steps), so the GPU never waits for the host."""
+    device, world = ctx.device, ctx.world
     run.trained.train()
     freeze_norm_stats(run.trained)  # frozen layers keep their pretrained statistics
     loss_sum = torch.zeros((), device=device)
@@ -93,7 +94,7 @@ def train_epoch(run: RunState, step: TrainStep, streams: tuple[torch.Generator, 
         if run.mix is not None:
             inputs, targets = run.mix(inputs, labels)
         else:
-            targets = F.one_hot(labels, num_classes).float()
+            targets = F.one_hot(labels, ctx.num_classes).float()
         loss, logits = step(inputs, targets)
         run.scheduler.step()
         if run.ema is not None:
@@ -114,8 +115,9 @@ def train_epoch(run: RunState, step: TrainStep, streams: tuple[torch.Generator, 
 
 
 @torch.no_grad()
-def validate(module: nn.Module, batches, num_classes: int, device: torch.device, world: World) -> dict:
+def validate(module: nn.Module, batches, ctx: TrainContext) -> dict:
     """Loss (plain cross-entropy), accuracy and macro F1 on every batch, summed over all processes."""
+    num_classes, device, world = ctx.num_classes, ctx.device, ctx.world
     module.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
