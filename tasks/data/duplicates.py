@@ -166,7 +166,7 @@ def confirmed(pairs: np.ndarray, files: pd.DataFrame, root: Path) -> np.ndarray:
         return pairs
     rows = np.unique(pairs)
     jobs = list(zip(files["path"].to_numpy()[rows], files["orientation"].to_numpy(dtype="int64", na_value=1)[rows]))
-    thumbs = map_chunks(partial(_confirm_chunk, root=root), jobs, desc="validate: checking small near-duplicates")
+    thumbs = map_chunks(partial(_confirm_chunk, root=root), jobs, desc="validate: confirming near-duplicate candidates")
     blank = np.full((CONFIRM_SIZE, CONFIRM_SIZE), np.nan)
     stack = np.stack([blank if t is None else t for t in thumbs])
     position = np.searchsorted(rows, pairs)
@@ -191,11 +191,13 @@ def near_duplicate_pairs(files: pd.DataFrame, max_distance: int, root: Path) -> 
     hashes = np.array([int(h, 16) for h in files["phash"].to_numpy()[hashed]], dtype=np.uint64)
     sides = files[["width", "height"]].to_numpy(dtype="int64", na_value=0)[hashed]
     small = sides.min(1) < HASH_SIZE
-    candidates = np.unique(np.concatenate([
+    candidates = hashed[np.unique(np.concatenate([
         pairs_within(hashes, max_distance),
         pairs_within(hashes, max(max_distance, SMALL_CANDIDATE_BITS), among=small),
-    ]), axis=0)
-    return confirmed(hashed[candidates], files, root)
+    ]), axis=0)]
+    sha = files["sha256"].to_numpy()
+    different_bytes = sha[candidates[:, 0]] != sha[candidates[:, 1]]  # identical files are linked anyway
+    return confirmed(candidates[different_bytes], files, root)
 
 
 def duplicate_groups(manifest: pd.DataFrame, max_distance: int, root: Path) -> pd.Series:
