@@ -67,7 +67,8 @@ def train(params: Params, workdir: Path, world: World) -> dict:
     ctx = TrainContext(cfg, workdir, device, world, backbone.mean, backbone.std,
                        batch_size=choose_batch_size(cfg, model, device), num_classes=len(labels))
 
-    state, train_features = prepare(ctx, model, train_df, val_df, labels)
+    blocker = why_not_capturable(cfg.optimizer, device, cfg.compile, world.size)
+    state, train_features = prepare(ctx, model, train_df, val_df, labels, cuda_graph=cfg.cuda_graph and not blocker)
     run_fingerprint = checkpoint.fingerprint(
         {**cfg.model_dump(), "background": params.clean.background, "processes": world.size},
         [workdir / split_csv("train"), workdir / split_csv("val")])
@@ -77,9 +78,8 @@ def train(params: Params, workdir: Path, world: World) -> dict:
              else "cache" if isinstance(state.train_in, TensorBatches) else "loader",
              "cuda_graph": state.cuda_graph}
     if world.main:
-        blocker = why_not_capturable(cfg.optimizer, device, cfg.compile, world.size) if cfg.cuda_graph else None
         print(f"train: {cfg.strategy} of {cfg.backbone} on {device}, {setup}"
-              + (f" (CUDA graph off: {blocker})" if blocker else ""))
+              + (f" (CUDA graph off: {blocker})" if cfg.cuda_graph and blocker else ""))
 
     fit(ctx, state, run_fingerprint)
     if not world.main:
@@ -99,7 +99,7 @@ def targets(frame: pd.DataFrame, labels: list[str]) -> torch.Tensor:
 
 
 def prepare(ctx: TrainContext, model: nn.Module, train_df: pd.DataFrame, val_df: pd.DataFrame,
-            labels: list[str]) -> tuple[RunState, torch.Tensor | None]:
+            labels: list[str], cuda_graph: bool) -> tuple[RunState, torch.Tensor | None]:
     """What trains, on what, and how: the head on cached backbone features (linear probe) or the
     whole network on images; the optimizer, schedule, loss, mixing, EMA and early stopping.
 
@@ -120,7 +120,6 @@ def prepare(ctx: TrainContext, model: nn.Module, train_df: pd.DataFrame, val_df:
         trained = model
         train_in, val_in = image_inputs(ctx, train_df, val_df, y_train, y_val, weights)
 
-    cuda_graph = cfg.cuda_graph and why_not_capturable(cfg.optimizer, ctx.device, cfg.compile, ctx.world.size) is None
     optimizer = make_optimizer(param_groups(model, groups, cfg), cfg, ctx.device, capturable=cuda_graph)
     state = RunState(
         model=model, trained=trained, groups=names_in(trained, model, groups),

@@ -97,11 +97,6 @@ def perceptual_hashes(thumbnails: list[bytes | None]) -> list[str]:
     return hashes
 
 
-def perceptual_hash(img: Image.Image, orientation: int = 1) -> str:
-    """pHash of one decoded image as 16 hex digits, as displayed ("" when it gets none)."""
-    return perceptual_hashes([hash_thumbnail(img, orientation)])[0]
-
-
 def pairs_within(hashes: np.ndarray, max_distance: int, among: np.ndarray | None = None) -> np.ndarray:
     """Index pairs (i, j), i < j, of uint64 hashes at most max_distance bits apart; with `among`
     (a boolean mask), only pairs with at least one member in it."""

@@ -48,8 +48,8 @@ def resumable(directory: Path, run_fingerprint: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  truncated, not a checkpoint, or from an incompatible version
-        print(f"train: {path} cannot be read ({type(err).__name__}: {str(err)[:120]}); starting afresh",
-              file=sys.stderr)
+        reason = (str(err).splitlines() or [""])[0].split(". ")[0][:160]  # the first sentence says what is wrong
+        print(f"train: {path} cannot be read ({type(err).__name__}: {reason}); starting afresh", file=sys.stderr)
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != run_fingerprint:
         return None
