@@ -4,11 +4,14 @@ A bad key or value fails with one line naming the key and what is allowed, never
 """
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from cronsim import CronSim, CronSimError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -220,8 +223,63 @@ class PackageParams(Section):
 
 class MonitorParams(Section):
     traffic_dir: str
-    min_traffic: int = Field(ge=1, description="fewer logged images: compare the test split")
+    min_traffic: int = Field(ge=1, description="fewer logged images: not enough traffic to judge")
     drift_share: float = Field(gt=0.0, le=1.0)
+
+
+class RetrainOps(Section):
+    cron: str = Field(description="when the scheduled retrain runs (five-field cron, ops.timezone)")
+    cooldown_minutes: StrictInt = Field(ge=0, description="a retrain this soon after the last one is skipped")
+    on_drift: bool
+    on_new_data: bool
+
+    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
+
+
+class MonitorOps(Section):
+    cron: str
+    window_minutes: StrictInt = Field(ge=0, description="0: the traffic since the last window")
+
+    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
+
+
+class OpsParams(Section):
+    home: str
+    host: str
+    prefect_port: StrictInt = Field(ge=1, le=65535)
+    evidently_port: StrictInt = Field(ge=1, le=65535)
+    timezone: str
+    work_pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data_check_seconds: StrictInt = Field(ge=10)
+    retrain: RetrainOps
+    monitor: MonitorOps
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ports(self) -> "OpsParams":
+        if self.prefect_port == self.evidently_port:
+            raise ValueError("prefect_port and evidently_port must differ")
+        return self
+
+
+def _check_cron(value: str) -> str:
+    """Five cron fields (minute hour day month weekday), as Prefect's schedules take them."""
+    if len(value.split()) != 5:
+        raise ValueError("a cron schedule has five fields: minute hour day-of-month month day-of-week, "
+                         "e.g. '0 3 * * 1' for Mondays at 03:00")
+    try:
+        CronSim(value, datetime(2000, 1, 1))
+    except CronSimError as err:
+        raise ValueError(f"invalid cron schedule ({err}); e.g. '0 * * * *' for hourly") from None
+    return value
 
 
 class Params(Section):
@@ -236,6 +294,7 @@ class Params(Section):
     gate: GateParams
     package: PackageParams
     monitor: MonitorParams
+    ops: OpsParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -244,7 +303,7 @@ def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     key = key.replace("validate_", "validate")
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against params.yaml in the project template"
     elif "input" in first and not isinstance(first["input"], dict):
