@@ -2,7 +2,12 @@
 
     models/ (model.safetensors, model.json)  ->  model  <package.model_name>:<version>
     service/, tasks/, params.yaml             ->  Bento  image-classifier-service:<version>
-    reports/package/bento.json                   both tags, and the metrics and hashes packaged
+    reports/package/bento.json                   both tags, and the metrics, hashes and lineage packaged
+
+Lineage (tasks/model/lineage.py: the DVC hashes of data.root and the split, the git commit,
+params.yaml's hash, the trigger, the time) goes into the model's metadata under "lineage" and onto
+the Bento as one label per field, with the headline test metrics, so that either can be traced to
+the data and code it came from (`python -m tasks.production show` prints it).
 
 The stores live under $BENTOML_HOME (default ~/bentoml). The Bento is built by `bentoml build` in a
 child process with `--arg model=<tag>`: the service module is imported fresh there, pinned to the
@@ -25,6 +30,7 @@ from tasks.common.config import Params, UserError
 from tasks.common.files import sha256
 from tasks.common.paths import METRICS_JSON, MODEL_DIR, PACKAGE_JSON, split_csv
 from tasks.model.bundle import META_FILE, WEIGHTS_FILE, read_meta
+from tasks.model.lineage import bento_labels, collect_lineage
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
 BENTOFILE = "service/bentofile.yaml"
@@ -58,8 +64,8 @@ def save_model(name: str, bundle_dir: Path, metadata: dict) -> bentoml.Model:
     return bentoml.models.get(model.tag)
 
 
-def build_bento(model: bentoml.Model) -> str:
-    """`bentoml build` of service/ pinned to `model`; returns the Bento's tag."""
+def build_bento(model: bentoml.Model, labels: dict[str, str] | None = None) -> str:
+    """`bentoml build` of service/ pinned to `model`, with `labels` added to the bentofile's; returns the tag."""
     env = {
         **os.environ,
         # The store the model has just gone to, even if BENTOML_HOME changed after this process
@@ -69,7 +75,9 @@ def build_bento(model: bentoml.Model) -> str:
         "COLUMNS": "400",  # keep the printed tag on one line
     }
     env.pop("IMAGE_CLASSIFIER_MODEL", None)  # it would override the --arg below
-    cmd = [sys.executable, "-m", "bentoml", "build", "-f", BENTOFILE, "--arg", f"model={model.tag}", "-o", "tag", "."]
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", BENTOFILE, "--arg", f"model={model.tag}", "-o", "tag"]
+    cmd += [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
+    cmd.append(".")
     done = subprocess.run(cmd, cwd=SOURCE_ROOT, env=env, capture_output=True, text=True)
     tags = [line.split("__tag__:", 1)[1].strip() for line in done.stdout.splitlines() if "__tag__:" in line]
     if done.returncode != 0 or not tags:
@@ -90,10 +98,12 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "backbone": meta["backbone"],
         "labels": list(meta["labels"]),
         "image_size": int(meta["image_size"]),
+        "lineage": collect_lineage(workdir, params),
     }
+    labels = bento_labels(metadata["lineage"], metrics)
 
     model = save_model(params.package.model_name, bundle_dir, metadata)
-    bento_tag = build_bento(model)
+    bento_tag = build_bento(model, labels)
     packed = [str(m.tag) for m in bentoml.get(bento_tag).info.all_models]
     if str(model.tag) not in packed:
         raise RuntimeError(f"Bento {bento_tag} packs {packed}, not the model just saved ({model.tag})")
@@ -104,6 +114,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "bentoml_home": str(Path(model.path).parents[2]),
         "serve": f"bentoml serve {bento_tag}",
         "metadata": metadata,
+        "bento_labels": labels,
     }
     (workdir / PACKAGE_JSON).parent.mkdir(parents=True, exist_ok=True)
     (workdir / PACKAGE_JSON).write_text(json.dumps(report, indent=2))

@@ -1,4 +1,4 @@
-"""The production command: promote the model the gate passed, roll back, show the pointer.
+"""The production command: promote the model the gate passed, roll back, show what runs and where it came from.
 
     deploy/production.json   {"current": <entry> | null, "previous": [<entry> | null, ...]}
 
@@ -8,10 +8,15 @@ An entry names a BentoML model and the Bento that serves it, with the evidence i
 newest first: promote pushes, rollback pops, so a rollback restores the file exactly as it was
 before the promotion.
 
-    python -m tasks.production            # show
-    python -m tasks.production promote    # the challenger the gate passed (reports/gate/decision.json)
-    python -m tasks.production rollback   # back to the previous production model
-    python -m tasks.production bento      # the production Bento's tag: bentoml serve $(...)
+    python -m tasks.production               # show: production and each predecessor, with lineage
+    python -m tasks.production show --json   # the same as JSON: the pointer, each entry with "lineage"
+    python -m tasks.production promote       # the challenger the gate passed (reports/gate/decision.json)
+    python -m tasks.production rollback      # back to the previous production model
+    python -m tasks.production bento         # the production Bento's tag: bentoml serve $(...)
+
+`show` reads each entry's lineage (data and split hashes, git commit, params hash, trigger; see
+tasks/model/lineage.py) from the model's metadata in the BentoML store ($BENTOML_HOME, else
+~/bentoml), so it answers "what data and code made the model we serve, and the ones before it".
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from pathlib import Path
 
 from tasks.common.config import UserError
 from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER
-from tasks.model.registry import check_in_store, read_pointer, write_pointer
+from tasks.model.lineage import format_lineage
+from tasks.model.registry import check_in_store, model_metadata, read_pointer, store_home, write_pointer
 
 
 def promote(workdir: Path = Path("."), force: bool = False) -> dict:
@@ -65,6 +71,46 @@ def rollback(workdir: Path = Path(".")) -> dict | None:
     return back
 
 
+def show(workdir: Path = Path("."), home: str | Path | None = None) -> dict:
+    """The pointer, each entry with "in_store" and the "lineage" its model was saved with (None if unknown)."""
+    pointer = read_pointer(workdir / POINTER)
+
+    def with_lineage(entry: dict | None) -> dict | None:
+        if entry is None:
+            return None
+        metadata = model_metadata(entry["model"], home)
+        saved = metadata or {}
+        return {**entry, "in_store": metadata is not None,
+                "lineage": saved.get("lineage"), "metrics": saved.get("metrics")}
+
+    return {"current": with_lineage(pointer["current"]), "previous": [with_lineage(e) for e in pointer["previous"]]}
+
+
+def describe(shown: dict, home: str | Path | None = None) -> str:
+    """`show`'s result as readable blocks: production first, then its predecessors, newest first."""
+    entries = [("production", shown["current"])]
+    entries += [(f"previous {i}", entry) for i, entry in enumerate(shown["previous"], 1)]
+    blocks = []
+    for title, entry in entries:
+        if entry is None:
+            blocks.append(f"{title}: none (no production model)")
+            continue
+        accuracy = entry.get("test_accuracy", (entry.get("metrics") or {}).get("accuracy"))
+        lines = [
+            f"{title}: {entry['model']}",
+            f"  bento:         {entry.get('bento', '?')}",
+            f"  promoted_at:   {entry.get('promoted_at', '?')}",
+            f"  gate:          {entry.get('gate', '?')}",
+            f"  test accuracy: {f'{accuracy:.4f}' if isinstance(accuracy, (int, float)) else '?'}",
+        ]
+        if entry["in_store"]:
+            lines += ["  lineage:", *format_lineage(entry["lineage"])]
+        else:
+            lines.append(f"  lineage:       unknown: the model is not in the BentoML store under {store_home(home)}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found; run the pipeline first (dvc repro)")
@@ -72,7 +118,7 @@ def _read_json(path: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    command = argv[0] if argv else "show"
+    command = argv[0] if argv and not argv[0].startswith("--") else "show"
     try:
         if command == "promote":
             entry = promote(force="--force" in argv[1:])
@@ -81,14 +127,15 @@ def main(argv: list[str]) -> None:
             entry = rollback()
             print(f"production: {entry['model'] if entry else 'none (no production model)'}")
         elif command == "show":
-            print(json.dumps(read_pointer(POINTER), indent=2))
+            shown = show()
+            print(json.dumps(shown, indent=2) if "--json" in argv else describe(shown))
         elif command == "bento":
             entry = read_pointer(POINTER)["current"]
             if entry is None:
                 raise UserError("no production model yet; run the pipeline, then python -m tasks.production promote")
             print(entry["bento"])
         else:
-            raise UserError(f"unknown command {command!r}; use show, promote [--force], rollback or bento")
+            raise UserError(f"unknown command {command!r}; use show [--json], promote [--force], rollback or bento")
     except UserError as err:
         print(f"production: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -89,6 +89,9 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     (tmp_path / paths.POINTER).write_bytes(before)
     entry = production.promote(tmp_path)
     assert entry["model"] == packaged["model"] == registry.current_model(tmp_path / paths.POINTER)
+    report = json.loads((tmp_path / paths.PACKAGE_JSON).read_text())
+    shown = production.show(tmp_path, report["bentoml_home"])  # production's lineage, from the model store
+    assert shown["current"]["lineage"] == report["metadata"]["lineage"]
     promoted = (tmp_path / paths.POINTER).read_bytes()
 
     # The same weights again: the gate says so and promotion changes nothing.

@@ -27,6 +27,7 @@ from tasks.common.files import sha256
 from tasks.data.images import open_rgb
 from tasks.model.backbones import create_backbone, pooled_features
 from tasks.model.bundle import fit_projection, load_bundle, save_bundle
+from tasks.model.lineage import KEYS, TRIGGER_ENV
 from tasks.model.transforms import eval_transform
 from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tests.conftest import make_params, write_image_set
@@ -81,6 +82,7 @@ def packaged(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENTOML_HOME", str(workdir / "bentoml"))
         mp.delenv("IMAGE_CLASSIFIER_MODEL", raising=False)
+        mp.setenv(TRIGGER_ENV, "schedule")
         started = time.perf_counter()
         result = package.run(make_params(), workdir)
         print(f"package stage: {time.perf_counter() - started:.1f} s")
@@ -171,10 +173,18 @@ def test_package_stores_model_and_bento(packaged: dict):
     assert meta["weights_sha256"] == sha256(workdir / "models/model.safetensors")
     assert meta["data_version"] == sha256(workdir / "data/split/train.csv")
     assert report["metadata"] == meta
+    # Lineage: a work folder without dvc.lock or git says "unknown" for those, and packages anyway.
+    lineage = meta["lineage"]
+    assert tuple(lineage) == KEYS and lineage["trigger"] == "schedule"
+    assert lineage["data_root"] == make_params().data.root and lineage["split_hash"] == "unknown"
+    assert lineage["params_sha256"] == "unknown"  # no params.yaml in the work folder
 
     bento = bentoml.get(report["bento_tag"])
     assert bento.tag in [b.tag for b in bentoml.list()]
     assert str(model.tag) in [str(m.tag) for m in bento.info.all_models]
+    labels = bento.info.labels
+    assert labels == {"project": "imgclf-pipeline", **report["bento_labels"]}
+    assert {k: labels[k] for k in KEYS} == lineage and labels["test_accuracy"] == "1.0"
 
 
 def test_package_without_an_evaluated_bundle_says_what_to_run(tmp_path: Path):
