@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report, Run
+from evidently.core.metric_types import ByLabelCalculation, ByLabelMetric
+from evidently.legacy.renderers.html_widgets import header_text
+from evidently.legacy.tests.base_test import TestStatus
+from evidently.metrics import MeanValue, UniqueValueCount, ValueDrift
 from evidently.presets import DataDriftPreset
 
 from tasks.monitoring.features import FEATURE_COLUMNS
@@ -15,16 +20,69 @@ CATEGORICAL_COLUMNS = ["prediction"]
 DRIFT_COLUMNS = NUMERICAL_COLUMNS + CATEGORICAL_COLUMNS
 
 
-def drift_snapshot(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float) -> Run:
-    """Run Evidently's DataDriftPreset on the drift columns, with its per-column and dataset tests."""
+class ColumnDriftFlags(ByLabelMetric):
+    """1 per column whose drift test failed, 0 otherwise: lets a dashboard show which columns drifted.
+
+    Evidently stores per-column drift only as a score (a p-value or a distance, by method), and the
+    verdict only as a test, which dashboards cannot plot; this metric turns the verdict into a value.
+    """
+
+    columns: list[str]
+
+
+class ColumnDriftFlagsCalculation(ByLabelCalculation[ColumnDriftFlags]):
+    def calculate(self, context, current_data, reference_data):
+        # The preset's ValueDrift of each column has the same configuration, so the context returns
+        # that result (computed once) with its test: the verdict is the one the report shows.
+        flags = {}
+        for column in self.metric.columns:
+            drift = context.calculate_metric(ValueDrift(column=column).to_calculation())
+            if not drift.tests:
+                raise ValueError("ColumnDriftFlags reads the drift tests: run the report with include_tests=True")
+            flags[column] = float(any(test.status == TestStatus.FAIL for test in drift.tests))
+        result = self.result(flags)
+        drifted = ", ".join(column for column, flag in flags.items() if flag) or "none"
+        result.widget = [header_text(label=f"Columns with drift detected: {drifted}")]
+        return result
+
+    def display_name(self) -> str:
+        return "Column drift flags"
+
+
+def drift_snapshot(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    drift_share: float,
+    timestamp: datetime | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Run:
+    """Run Evidently's DataDriftPreset on the drift columns, with its per-column and dataset tests.
+
+    Per-column drift flags, the mean confidence and the mix of predicted labels ride along, so that
+    a dashboard built from these snapshots can plot them per window. `timestamp` (the window's end;
+    now if None), `tags` and `metadata` are stored in the snapshot: the dashboard's time axis and
+    filters use them.
+    """
     definition = DataDefinition(numerical_columns=NUMERICAL_COLUMNS, categorical_columns=CATEGORICAL_COLUMNS)
-    report = Report([DataDriftPreset(columns=DRIFT_COLUMNS, drift_share=drift_share)], include_tests=True)
+    report = Report(
+        [
+            DataDriftPreset(columns=DRIFT_COLUMNS, drift_share=drift_share),
+            ColumnDriftFlags(columns=DRIFT_COLUMNS),
+            MeanValue(column="confidence"),
+            UniqueValueCount(column="prediction"),
+        ],
+        include_tests=True,
+    )
     with warnings.catch_warnings():
         # Constant columns (every image the same width) make numpy warn while Evidently plots them.
         warnings.simplefilter("ignore", RuntimeWarning)
         return report.run(
             Dataset.from_pandas(current[DRIFT_COLUMNS], data_definition=definition),
             Dataset.from_pandas(reference[DRIFT_COLUMNS], data_definition=definition),
+            timestamp=timestamp,
+            tags=tags,
+            metadata=metadata,
         )
 
 
@@ -32,21 +90,29 @@ def summarize_drift(raw: dict) -> dict:
     """The verdicts Evidently reached, read from `Snapshot.dict()`: per column and for the dataset.
 
     Per-column drift comes from Evidently's own tests (a p-value below, or a distance above, the
-    method's threshold), so the summary never re-implements a decision rule.
+    method's threshold), so the summary never re-implements a decision rule. The mean confidence
+    and the prediction mix ({label: share}) of the current window are added when the snapshot has
+    them (snapshots from `drift_snapshot` do).
     """
     failed = {t["metric_config"]["metric_id"] for t in raw["tests"] if t["status"] == "FAIL"}
-    columns, dataset = {}, None
+    columns, dataset, extras = {}, None, {}
     for metric in raw["metrics"]:
         config = metric["config"]
-        if config["type"].endswith(":ValueDrift"):
+        kind = config["type"].rsplit(":", 1)[-1]
+        if kind == "ValueDrift":
             columns[config["column"]] = {
                 "method": config["method"],
                 "score": float(metric["value"]),
                 "threshold": float(config["threshold"]),
                 "drifted": metric["id"] in failed,
             }
-        elif config["type"].endswith(":DriftedColumnsCount"):
+        elif kind == "DriftedColumnsCount":
             dataset = metric
+        elif kind == "MeanValue" and config["column"] == "confidence":
+            extras["mean_confidence"] = round(float(metric["value"]), 4)
+        elif kind == "UniqueValueCount" and config["column"] == "prediction":
+            shares = metric["value"]["shares"]
+            extras["prediction_mix"] = {str(label): round(float(shares[label]), 4) for label in sorted(shares, key=str)}
     if dataset is None:
         raise RuntimeError("Evidently's DataDriftPreset returned no DriftedColumnsCount metric")
     return {
@@ -56,4 +122,5 @@ def summarize_drift(raw: dict) -> dict:
         "drift_share_observed": round(float(dataset["value"]["share"]), 4),
         "dataset_drift": dataset["id"] in failed,
         "columns": columns,
+        **extras,
     }
