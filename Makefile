@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test promote rollback deps
+.PHONY: install run test ops promote rollback deps
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The operations stack: Prefect server + deployments + worker, Evidently UI (README, "Operating it").
+ops: install
+	$(BIN)/python -m flows.ops
 
 # Production pointer (deploy/production.json): the gate-passed challenger in, or the previous model back.
 promote: install

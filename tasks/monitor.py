@@ -17,17 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 from evidently import Run
-from tqdm import tqdm
 
 from tasks.common.cli import run_stage
-from tasks.common.config import Params, UserError
+from tasks.common.config import Params
 from tasks.common.paths import MODEL_DIR
-from tasks.data.images import open_rgb
 from tasks.data.splits import read_split
 from tasks.model.bundle import Bundle, load_bundle
 from tasks.model.device import pick_device
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
-from tasks.monitoring.features import LOGGED_COLUMNS, profile_images
+from tasks.monitoring.features import profile_split
 from tasks.monitoring.traffic import read_traffic
 
 REPORT_DIR = Path("reports/monitor")
@@ -36,27 +34,6 @@ CURRENT_CSV = REPORT_DIR / "current.csv"
 DRIFT_HTML = REPORT_DIR / "drift.html"
 DRIFT_JSON = REPORT_DIR / "drift.json"
 DRIFT_RAW_JSON = REPORT_DIR / "drift_raw.json"
-BATCH_SIZE = 64
-
-
-def open_split_image(workdir: Path, file: str):
-    """Decode one listed image; a file that vanished since the split means the manifests are stale."""
-    path = workdir / file
-    if not path.is_file():
-        raise UserError(f"{file} is listed in data/split but missing; re-run the pipeline (dvc repro)")
-    return open_rgb(path)
-
-
-def profile_split(bundle: Bundle, workdir: Path, split: pd.DataFrame, desc: str) -> pd.DataFrame:
-    """Feature rows of every image of a split, computed in batches exactly as the service does."""
-    rows = []
-    with tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=None) as bar:
-        for start in range(0, len(split), BATCH_SIZE):
-            files = split["file"].iloc[start:start + BATCH_SIZE].tolist()
-            rows.extend(profile_images(bundle, [open_split_image(workdir, f) for f in files]))
-            bar.update(len(files))
-    profile = pd.DataFrame(rows, columns=LOGGED_COLUMNS)
-    return profile.assign(label=split["label"].to_numpy(), file=split["file"].to_numpy())
 
 
 def current_window(params: Params, workdir: Path, bundle: Bundle) -> tuple[pd.DataFrame, dict]:

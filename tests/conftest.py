@@ -1,6 +1,8 @@
 """Shared fixtures: tiny image folders made in the test, and params pointing at them."""
 from __future__ import annotations
 
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,34 @@ def write_splits(workdir: Path, counts: dict[str, int], classes=("cat", "dog", "
         rows = [{"path": f"{p.parent.name}/{p.name}", "label": p.parent.name, "file": str(p.relative_to(workdir))}
                 for p in paths]
         pd.DataFrame(rows).to_csv(workdir / f"data/split/{split}.csv", index=False)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on a free loopback port, with its own SQLite database, started the way
+    the operations command starts it; this process's Prefect settings point at it."""
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.ops import environment, start, stop, wait_for_api
+
+    home = tmp_path_factory.mktemp("ops")
+    url = f"http://127.0.0.1:{free_port()}/api"
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    server = start("prefect-server", [str(Path(sys.executable).parent / "prefect"), "server", "start",
+                                      "--host", "127.0.0.1", "--port", port], environment(home, url), home)
+    try:
+        wait_for_api(url, 120, server, home / "prefect-server.log")
+        EventsWorker.drain_all()  # an events client made for another API must not be reused
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+            EventsWorker.drain_all()
+    finally:
+        stop(server)

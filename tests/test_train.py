@@ -284,8 +284,8 @@ def test_ema_weights_are_the_ones_saved(tmp_path):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"batch_size": "big"}, "train.batch_size: Value error, must be auto"),
-        ({"batch_size": 0}, "train.batch_size: Value error, must be auto"),
+        ({"batch_size": "big"}, "train.batch_size: must be auto"),
+        ({"batch_size": 0}, "train.batch_size: must be auto"),
         ({"strategy": "gradual", "epochs": 3, "freeze_epochs": 1, "unfreeze_epochs": 2},
          "freeze_epochs \\+ unfreeze_epochs must be below epochs"),
         ({"strategy": "partial"}, "train.strategy: Input should be 'linear_probe', 'full' or 'gradual'"),
@@ -303,7 +303,7 @@ def test_auto_image_size_and_crop_come_from_the_backbone():
     assert (timm_cfg.image_size, timm_cfg.eval_crop_pct) == (224, 0.875)  # tf_efficientnet_lite0
     torchvision_cfg = resolve_inputs(train_params(backbone="resnet18", image_size="auto").train)
     assert (torchvision_cfg.image_size, torchvision_cfg.eval_crop_pct) == (224, 1.0)  # explicit crop kept
-    with pytest.raises(UserError, match="train.image_size: Value error, must be auto"):
+    with pytest.raises(UserError, match="train.image_size: must be auto"):
         train_params(image_size=8)
 
 

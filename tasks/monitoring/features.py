@@ -6,10 +6,15 @@ here, so live traffic and the reference profile are computed identically.
 """
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+from pathlib import Path
 
-from tasks.data.images import image_stats
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from tasks.common.config import UserError
+from tasks.data.images import image_stats, open_rgb
 from tasks.model.bundle import EMBEDDING_DIMS, Bundle
 
 STAT_COLUMNS = ["brightness", "contrast", "sharpness", "width", "height"]
@@ -17,6 +22,7 @@ EMBEDDING_COLUMNS = [f"emb_{i}" for i in range(EMBEDDING_DIMS)]
 FEATURE_COLUMNS = STAT_COLUMNS + EMBEDDING_COLUMNS
 PREDICTION_COLUMNS = ["prediction", "confidence"]
 LOGGED_COLUMNS = FEATURE_COLUMNS + PREDICTION_COLUMNS  # one logged image, as the monitor stage reads it
+BATCH_SIZE = 64
 
 
 def feature_rows(images: list[Image.Image], probs: np.ndarray, embeddings: np.ndarray, labels: list[str]) -> list[dict]:
@@ -36,3 +42,23 @@ def profile_images(bundle: Bundle, images: list[Image.Image]) -> list[dict]:
     logits, features = bundle.logits_and_features(bundle.preprocess(images))
     probs = bundle.probabilities(logits)  # calibrated, as the service logs them
     return feature_rows(images, probs, bundle.project(features), bundle.labels)
+
+
+def open_split_image(workdir: Path, file: str):
+    """Decode one listed image; a file that vanished since the split means the manifests are stale."""
+    path = workdir / file
+    if not path.is_file():
+        raise UserError(f"{file} is listed in data/split but missing; re-run the pipeline (dvc repro)")
+    return open_rgb(path)
+
+
+def profile_split(bundle: Bundle, workdir: Path, split: pd.DataFrame, desc: str) -> pd.DataFrame:
+    """Feature rows of every image of a split, computed in batches exactly as the service does."""
+    rows = []
+    with tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=None) as bar:
+        for start in range(0, len(split), BATCH_SIZE):
+            files = split["file"].iloc[start:start + BATCH_SIZE].tolist()
+            rows.extend(profile_images(bundle, [open_split_image(workdir, f) for f in files]))
+            bar.update(len(files))
+    profile = pd.DataFrame(rows, columns=LOGGED_COLUMNS)
+    return profile.assign(label=split["label"].to_numpy(), file=split["file"].to_numpy())

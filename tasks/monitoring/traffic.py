@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,11 @@ def parse_traffic_line(line: str) -> dict | None:
         record = json.loads(line)
     except ValueError:
         return None
+    return parse_record(record)
+
+
+def parse_record(record) -> dict | None:
+    """A decoded log record as a row of LOGGED_COLUMNS, or None when it is not a usable record."""
     if not isinstance(record, dict) or any(col not in record for col in LOGGED_COLUMNS):
         return None
     row = {}
@@ -45,17 +51,35 @@ def parse_traffic_line(line: str) -> dict | None:
     return row
 
 
-def read_traffic(traffic_dir: Path) -> tuple[pd.DataFrame, int]:
-    """All logged rows below traffic_dir, and the number of lines that were skipped as unusable."""
+def logged_at(record: dict) -> datetime | None:
+    """When a record was logged, time-zone aware. BentoML writes the server's local time without a
+    zone, so a naive timestamp is read as this machine's local time."""
+    try:
+        return datetime.fromisoformat(str(record["timestamp"])).astimezone()
+    except (KeyError, ValueError):
+        return None
+
+
+def read_traffic(traffic_dir: Path, since: datetime | None = None, until: datetime | None = None
+                 ) -> tuple[pd.DataFrame, int]:
+    """Logged rows below traffic_dir, logged after `since` and up to `until` when given, and the
+    number of lines skipped as unusable (a record without a readable time counts as unusable once
+    a window is asked for)."""
+    windowed = since is not None or until is not None
     rows, skipped = [], 0
     for path in traffic_files(traffic_dir):
         with path.open(encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 if not line.strip():
                     continue
-                row = parse_traffic_line(line)
-                if row is None:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                row = parse_record(record)
+                when = logged_at(record) if windowed and row is not None else None
+                if row is None or (windowed and when is None):
                     skipped += 1
-                else:
+                elif not windowed or ((since is None or when > since) and (until is None or when <= until)):
                     rows.append(row)
     return pd.DataFrame(rows, columns=LOGGED_COLUMNS), skipped

@@ -1,0 +1,85 @@
+"""What the operations stack registers with the Prefect server: a work pool and three deployments.
+
+    retrain      flows/retrain.py     ops.retrain.cron, on demand, on drift and on new-data events;
+                                      one run at a time (later ones wait their turn)
+    monitor      flows/monitor.py     ops.monitor.cron; one run at a time
+    watch-data   flows/watch_data.py  every ops.data_check_seconds; a run still going makes the
+                                      next one cancel itself rather than queue up
+
+Each deployment pulls its code from this checkout (a `set_working_directory` step), so a worker on
+another machine needs the project at the same path, or a deployment from a git source (README).
+The drift and new-data triggers fire at most once per cooldown: Prefect's reactive trigger ignores
+further events until `within` has passed, and the retrain flow itself skips a run that starts
+within the cooldown of the last completed retrain, whatever started it.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.schedules import Cron, Interval
+
+from flows.events import DATA_EVENT, DRIFT_EVENT, RESOURCE_PREFIX
+from tasks.common.config import Params
+
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+SKIP_IF_RUNNING = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def retrain_trigger(name: str, event: str, trigger: str, cooldown_minutes: int) -> DeploymentEventTrigger:
+    """Start a retrain on `event`, at most once per cooldown; the event's summary becomes the reason."""
+    return DeploymentEventTrigger(
+        name=name,
+        expect={event},
+        match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+        threshold=1,
+        within=timedelta(minutes=cooldown_minutes),
+        parameters={"trigger": trigger, "reason": "{{ event.payload.summary }}"},
+    )
+
+
+def build_deployments(params: Params, root: Path) -> list[RunnerDeployment]:
+    ops, zone = params.ops, params.ops.timezone
+    triggers = []
+    if ops.retrain.on_drift:
+        triggers.append(retrain_trigger("retrain on drift", DRIFT_EVENT, "drift", ops.retrain.cooldown_minutes))
+    if ops.retrain.on_new_data:
+        triggers.append(retrain_trigger("retrain on new data", DATA_EVENT, "new data", ops.retrain.cooldown_minutes))
+
+    def deployment(entrypoint: str, name: str, **settings) -> RunnerDeployment:
+        # to_deployment + apply rather than flow.deploy: prefect 3.8.8's deploy sends a request
+        # (workers filter without a limit) that its own server rejects.
+        return flow.from_source(source=str(root), entrypoint=entrypoint).to_deployment(
+            name=name, work_pool_name=ops.work_pool, tags=["imgclf"], **settings)
+
+    return [
+        deployment("flows/retrain.py:retrain", "retrain",
+                   schedules=[Cron(ops.retrain.cron, timezone=zone, parameters={"trigger": "schedule"})],
+                   triggers=triggers, concurrency_limit=ONE_AT_A_TIME,
+                   description="The whole pipeline, then promotion if the gate passes."),
+        deployment("flows/monitor.py:monitor", "monitor",
+                   schedules=[Cron(ops.monitor.cron, timezone=zone)], concurrency_limit=ONE_AT_A_TIME,
+                   description="Evidently drift of the traffic logged since the last window."),
+        deployment("flows/watch_data.py:watch_data", "watch-data",
+                   schedules=[Interval(ops.data_check_seconds)], concurrency_limit=SKIP_IF_RUNNING,
+                   description="Emits imgclf.data.changed when images under data.root change."),
+    ]
+
+
+def register(params: Params, root: Path) -> list[UUID]:
+    """Create the process work pool if missing, then create or update every deployment (and
+    replace its triggers), against the Prefect API of the current settings."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=params.ops.work_pool, type="process"))
+        except ObjectAlreadyExists:
+            pass
+    return [deployment.apply() for deployment in build_deployments(params, root)]

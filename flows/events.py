@@ -1,0 +1,37 @@
+"""The Prefect events that start a retrain, and the functions that emit them.
+
+    imgclf.drift.detected   a monitor window showed dataset drift (payload: the drift summary)
+    imgclf.data.changed     images under data.root were added, removed, modified or relabelled
+
+The retrain deployment's triggers (flows/deployments.py) listen for these; Prefect's automations,
+not this project, decide when a run starts, so the UI shows every event and what it caused.
+"""
+from __future__ import annotations
+
+from prefect.events import emit_event
+
+DRIFT_EVENT = "imgclf.drift.detected"
+DATA_EVENT = "imgclf.data.changed"
+RESOURCE_PREFIX = "imgclf."
+
+
+def announce_drift(window: dict) -> None:
+    """Tell Prefect that a traffic window drifted; `summary` is what the retrain run will show."""
+    columns = ", ".join(window.get("drifted_columns", [])) or "none"
+    summary = (f"drift in the window {window.get('start') or 'start'} .. {window['end']}: "
+               f"{window.get('drift_share_observed')} of the columns drifted ({columns})")
+    emit_event(
+        event=DRIFT_EVENT,
+        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}traffic", "prefect.resource.name": "service traffic"},
+        payload={"summary": summary, **{k: v for k, v in window.items() if k != "columns"}},
+    )
+
+
+def announce_data_change(root: str, changes: dict[str, list[str]], description: str) -> None:
+    """Tell Prefect that the labelled data under data.root changed."""
+    emit_event(
+        event=DATA_EVENT,
+        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}data", "prefect.resource.name": root},
+        payload={"summary": f"data.root {root} changed: {description}",
+                 **{kind: files[:20] for kind, files in changes.items()}},  # a sample, not 100k paths
+    )

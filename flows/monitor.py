@@ -1,0 +1,119 @@
+"""The monitor deployment's flow: drift of one window of the service's logged traffic.
+
+Each run judges the traffic logged since the previous window (or the last ops.monitor.window_minutes)
+against the validation images, profiled by the production model that served the traffic:
+    too few images (monitor.min_traffic)  ->  recorded as "not enough traffic", nothing else
+    otherwise                             ->  Evidently report of the window, a snapshot in the
+                                              Evidently workspace (dashboard), and on dataset drift
+                                              an imgclf.drift.detected event that starts a retrain
+Every window goes to <ops.home>/monitor/windows.jsonl and to the `monitor-window` artifact.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
+
+from flows.events import announce_drift
+from tasks.common.config import Params, UserError, load_params
+from tasks.common.files import sha256
+from tasks.common.paths import MODEL_DIR, POINTER, split_csv
+from tasks.data.splits import read_split
+from tasks.model.bundle import Bundle, load_bundle
+from tasks.model.registry import check_in_store, model_dir, read_pointer
+from tasks.monitoring.drift import drift_snapshot, summarize_drift
+from tasks.monitoring.features import profile_split
+from tasks.monitoring.traffic import read_traffic
+from tasks.monitoring.windows import DRIFT, NO_DRIFT, NOT_ENOUGH_TRAFFIC, next_window, record_window, report_dir
+from tasks.monitoring.workspace import add_window
+
+WINDOW_KEYS = ("drifted_columns", "drifted_count", "columns_checked", "drift_share_observed", "dataset_drift",
+               "mean_confidence", "prediction_mix")
+
+
+def serving_model(root: Path) -> tuple[Bundle, str]:
+    """The production model from the BentoML store (it logged the traffic), else the pipeline's
+    latest bundle when nothing has been promoted yet."""
+    entry = read_pointer(root / POINTER)["current"]
+    if entry is None:
+        return load_bundle(root / MODEL_DIR), str(MODEL_DIR)
+    check_in_store(entry["model"])
+    return load_bundle(model_dir(entry["model"])), entry["model"]
+
+
+def reference_profile(root: Path, ops_home: Path, bundle: Bundle, model: str) -> pd.DataFrame:
+    """Feature rows of the validation images under this model, computed once per model and split."""
+    val_csv = root / split_csv("val")
+    if not val_csv.is_file():
+        raise UserError(f"{val_csv} not found; run the pipeline (retrain) before monitoring")
+    name = f"{model.replace(':', '-').replace('/', '-')}-{sha256(val_csv)[:12]}.csv"
+    cache = ops_home / "monitor" / "reference" / name
+    if cache.is_file():  # labels stay text: digits' "7" must not come back as the number 7
+        return pd.read_csv(cache, dtype={"prediction": str})
+    profile = profile_split(bundle, root, read_split(root, "val"), "profile val")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    profile.to_csv(cache, index=False)
+    return profile
+
+
+def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFrame, window: dict) -> dict:
+    """Evidently drift of the window against the reference: report files, workspace snapshot, verdict."""
+    end = datetime.fromisoformat(window["end"])
+    bundle, model = serving_model(root)
+    reference = reference_profile(root, ops_home, bundle, model)
+    snapshot = drift_snapshot(reference, current, params.monitor.drift_share, timestamp=end)
+    summary = summarize_drift(snapshot.dict())
+    folder = report_dir(ops_home, end)
+    folder.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(folder / "drift.html"))  # Evidently writes nothing unless given a str path
+    (folder / "drift.json").write_text(json.dumps(summary, indent=2))
+    shown_at = add_window(ops_home / "evidently", snapshot, name=f"window to {end:%Y-%m-%d %H:%M} UTC")
+    return {
+        **window,
+        "status": DRIFT if summary["dataset_drift"] else NO_DRIFT,
+        "model": model,
+        "reference_images": len(reference),
+        **{key: summary[key] for key in WINDOW_KEYS if key in summary},
+        "report": str(folder / "drift.html"),
+        "dashboard": f"http://{params.ops.host}:{params.ops.evidently_port}{shown_at}",
+    }
+
+
+def publish_window(window: dict) -> None:
+    lines = [f"### Monitor window: {window['status']}", "", "| | |", "|---|---|",
+             *(f"| {key} | {value} |" for key, value in window.items())]
+    create_markdown_artifact(key="monitor-window", markdown="\n".join(lines),
+                             description=f"{window['status']}: {window['images']} images up to {window['end']}")
+
+
+@flow(name="monitor", flow_run_name="monitor-window")
+def monitor(repo_dir: str = ".", window_minutes: int | None = None):
+    """Judge the next window of logged traffic; emit a drift event when it drifted."""
+    root, logger = Path(repo_dir).resolve(), get_run_logger()
+    try:
+        params = load_params(root / "params.yaml")
+        ops_home = root / params.ops.home
+        minutes = params.ops.monitor.window_minutes if window_minutes is None else window_minutes
+        start, end = next_window(ops_home, datetime.now(timezone.utc), minutes)
+        current, skipped = read_traffic(root / params.monitor.traffic_dir, since=start, until=end)
+        window = {"start": start.isoformat() if start else None, "end": end.isoformat(),
+                  "images": len(current), "skipped_lines": skipped}
+        if len(current) < params.monitor.min_traffic:
+            window = {**window, "status": NOT_ENOUGH_TRAFFIC, "min_traffic": params.monitor.min_traffic}
+        else:
+            window = judge_window(params, root, ops_home, current, window)
+    except UserError as err:
+        logger.error("monitor: %s", err)
+        return Failed(message=str(err))
+    record_window(ops_home, window)
+    publish_window(window)
+    logger.info("window %s .. %s: %d images, %s%s", window["start"] or "start", window["end"], window["images"],
+                window["status"], f" ({', '.join(window['drifted_columns'])})" if window["status"] == DRIFT else "")
+    if window["status"] == DRIFT:
+        announce_drift(window)
+    return window

@@ -1,0 +1,130 @@
+"""The operations command itself: start the stack, retrain through the work pool's worker, stop with
+Ctrl-C, start again and find everything where it was; and its one-line errors."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from tasks.common.paths import POINTER
+from tasks.model.registry import read_pointer, write_pointer
+from tests.conftest import PROJECT_ROOT, free_port, write_image_set
+
+READY = "Ctrl-C stops everything."
+
+
+def ops_project(root: Path, **ops) -> Path:
+    """A project folder the operations command can run in: code, dvc.yaml, params, tiny images."""
+    root.mkdir(parents=True, exist_ok=True)
+    for code in ("tasks", "flows", "service"):
+        shutil.copytree(PROJECT_ROOT / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
+    write_pointer(root / POINTER, {"current": None, "previous": []})
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["data"]["root"] = "images"
+    raw["train"].update({"epochs": 1, "batch_size": 16})
+    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), **ops})
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (root / "data/traffic").mkdir(parents=True)
+    write_image_set(root / "images", {"cat": 10, "dog": 10, "fox": 10})
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    return root
+
+
+def start_ops(root: Path, env: dict) -> subprocess.Popen:
+    """`python -m flows.ops` in root, returned once it says it is ready."""
+    proc = subprocess.Popen([sys.executable, "-m", "flows.ops"], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if READY in line:
+            return proc
+    raise AssertionError(f"the operations command exited ({proc.wait()}):\n{''.join(lines)}")
+
+
+def ctrl_c(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(60)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+def test_the_stack_retrains_through_its_worker_stops_cleanly_and_resumes(tmp_path: Path):
+    root = ops_project(tmp_path / "project")
+    ops = yaml.safe_load((root / "params.yaml").read_text())["ops"]
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    api = f"http://127.0.0.1:{ops['prefect_port']}/api"
+
+    started = time.monotonic()
+    proc = start_ops(root, env)
+    startup = time.monotonic() - started
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            run = run_deployment("retrain/retrain", parameters={"trigger": "manual"}, timeout=900)
+            assert run.state.is_completed(), run.state.message
+            with get_client(sync_client=True) as client:
+                body = {"artifacts": {"key": {"any_": ["retrain-lineage"]}}, "sort": "CREATED_DESC",
+                        "limit": 1, "offset": 0}
+                (lineage,) = client.request("POST", "/artifacts/filter", json=body).json()
+                deployment_id = client.read_deployment_by_name("retrain/retrain").id
+        assert "| trigger | manual |" in lineage["data"] and "data_root_hash" in lineage["data"]
+        assert read_pointer(root / POINTER)["current"] is not None  # no champion: the gate passed it
+    finally:
+        assert ctrl_c(proc) == 0
+    assert port_is_free(ops["prefect_port"]) and port_is_free(ops["evidently_port"])
+
+    proc = start_ops(root, env)  # the same database: deployments and history are still there
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            assert client.read_deployment_by_name("retrain/retrain").id == deployment_id
+            assert client.read_flow_run(run.id).state.is_completed()
+    finally:
+        assert ctrl_c(proc) == 0
+    print(f"stack ready in {startup:.1f} s")
+
+
+def run_ops(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.ops", *args], cwd=root, text=True, capture_output=True,
+                          timeout=120)
+
+
+def test_bad_operational_input_gets_one_line(tmp_path: Path):
+    root = tmp_path / "p"
+    root.mkdir()
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port()})
+
+    def with_ops(**ops) -> None:
+        (root / "params.yaml").write_text(yaml.safe_dump({**raw, "ops": {**raw["ops"], **ops}}, sort_keys=False))
+
+    cases = [
+        ({"retrain": {**raw["ops"]["retrain"], "cron": "0 25 * * *"}}, (), "ops.retrain.cron: invalid cron"),
+        ({"retrain": {**raw["ops"]["retrain"], "cooldown_minutes": "6h"}}, (),
+         "ops.retrain.cooldown_minutes: Input should be a valid integer"),
+        ({}, ("--api-url", f"http://127.0.0.1:{free_port()}/api"), "cannot be reached"),
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append(({"prefect_port": busy.getsockname()[1]}, (), "is in use (ops.prefect_port)"))
+        for ops, args, message in cases:
+            with_ops(**ops)
+            done = run_ops(root, *args)
+            assert done.returncode == 2, done.stderr
+            assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

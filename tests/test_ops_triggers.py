@@ -1,0 +1,119 @@
+"""Deployments, schedules and triggers on a real Prefect server: what starts a retrain, and what does not.
+
+No worker runs here: a triggered retrain stays a scheduled flow run, which is exactly what is counted.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.events.worker import EventsWorker
+
+from flows.deployments import register
+from flows.events import announce_drift
+from flows.watch_data import watch_data
+from tasks.common.config import load_params
+from tests.conftest import PROJECT_ROOT, write_image_set
+
+COOLDOWN_MINUTES = 30
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server) -> Path:
+    """The project's flows and params (a tiny data.root under it), registered with the test server."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(PROJECT_ROOT / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["data"]["root"] = "images"
+    raw["ops"]["retrain"]["cooldown_minutes"] = COOLDOWN_MINUTES
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_image_set(root / "images", {"cat": 3, "dog": 3})
+    register(load_params(root / "params.yaml"), root)
+    return root
+
+
+def retrain_runs(trigger: str) -> list:
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/retrain")
+        runs = client.read_flow_runs(limit=100, offset=0, sort="START_TIME_DESC")
+    return [r for r in runs if r.deployment_id == deployment.id and r.parameters.get("trigger") == trigger]
+
+
+def wait_for_runs(trigger: str, count: int, seconds: float = 30) -> list:
+    """The retrain runs with this trigger once there are `count` of them (or the deadline passed)."""
+    deadline = time.monotonic() + seconds
+    while len(runs := retrain_runs(trigger)) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return runs
+
+
+def automations() -> list[dict]:
+    with get_client(sync_client=True) as client:
+        return client.request("POST", "/automations/filter", json={"limit": 50, "offset": 0}).json()
+
+
+def test_deployments_exist_with_their_schedules_and_limits(project: Path):
+    with get_client(sync_client=True) as client:
+        retrain = client.read_deployment_by_name("retrain/retrain")
+        monitor = client.read_deployment_by_name("monitor/monitor")
+        watch = client.read_deployment_by_name("watch-data/watch-data")
+    assert [(s.schedule.cron, s.schedule.timezone, s.parameters) for s in retrain.schedules] == [
+        ("0 3 * * 1", "UTC", {"trigger": "schedule"})]
+    assert [s.schedule.cron for s in monitor.schedules] == ["0 * * * *"]
+    assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [60]
+    assert retrain.global_concurrency_limit.limit == 1 and monitor.global_concurrency_limit.limit == 1
+    assert {d.work_pool_name for d in (retrain, monitor, watch)} == {"imgclf-local"}
+    triggers = {a["name"]: a["trigger"] for a in automations()}
+    assert set(triggers) == {"retrain on drift", "retrain on new data"}
+    assert triggers["retrain on drift"]["within"] == COOLDOWN_MINUTES * 60
+
+    # The server's scheduler turns the cron schedule into upcoming runs that say why they run.
+    deadline = time.monotonic() + 60
+    while not (scheduled := retrain_runs("schedule")) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert scheduled and all(r.auto_scheduled and r.state_name == "Scheduled" for r in scheduled)
+    assert all(r.expected_start_time.weekday() == 0 and r.expected_start_time.hour == 3 for r in scheduled)
+
+    # Registering again (the operations command restarting) updates in place: nothing doubles.
+    register(load_params(project / "params.yaml"), project)
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("retrain/retrain").id == retrain.id
+    assert sorted(a["name"] for a in automations()) == ["retrain on drift", "retrain on new data"]
+
+
+def test_a_drift_event_starts_one_retrain_and_a_second_within_the_cooldown_none(project: Path):
+    window = {"start": None, "end": "2026-01-05T10:00:00+00:00", "status": "drift",
+              "drifted_columns": ["brightness", "contrast"], "drift_share_observed": 0.6}
+    announce_drift(window)
+    EventsWorker.drain_all()
+    runs = wait_for_runs("drift", 1)
+    assert len(runs) == 1
+    assert "brightness, contrast" in runs[0].parameters["reason"]
+    assert runs[0].state_name == "Scheduled"  # waits for a worker
+
+    announce_drift({**window, "end": "2026-01-05T11:00:00+00:00"})
+    EventsWorker.drain_all()
+    time.sleep(8)  # far longer than the server takes to act on an event
+    assert len(retrain_runs("drift")) == 1
+
+
+def test_new_labelled_data_starts_one_retrain(project: Path):
+    assert watch_data(repo_dir=str(project)).startswith("recorded 6 files")  # the baseline
+    assert "unchanged" in watch_data(repo_dir=str(project))
+    EventsWorker.drain_all()
+    time.sleep(3)
+    assert retrain_runs("new data") == []
+
+    write_image_set(project / "images", {"fox": 3}, seed=5)  # a new class
+    (project / "images/bird").mkdir()
+    shutil.move(project / "images/cat/img_000.png", project / "images/bird/img_000.png")
+    result = watch_data(repo_dir=str(project))
+    assert "3 added" in result and "1 relabelled" in result
+    EventsWorker.drain_all()
+    runs = wait_for_runs("new data", 1)
+    assert len(runs) == 1 and "3 added" in runs[0].parameters["reason"]
+    assert (project / "images/cat/img_001.png").is_file()  # the data itself is only read
