@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import State, StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Crashed
+from sqlalchemy.engine import make_url
 
 import tasks  # noqa: F401  (switches telemetry off for this process and the ones it starts)
 from flows.deployments import register
@@ -144,7 +145,8 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
     with ExitStack() as stack:
         if own_server:
             Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-            print(f"Prefect server starting (database: {env['PREFECT_API_DATABASE_CONNECTION_URL']})", flush=True)
+            database = make_url(env["PREFECT_API_DATABASE_CONNECTION_URL"]).render_as_string(hide_password=True)
+            print(f"Prefect server starting (database: {database})", flush=True)
             children.append(start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", ops.host,
                                                      "--port", str(ops.prefect_port)], env, logs))
             stack.callback(stop, children[-1])
