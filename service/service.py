@@ -18,6 +18,8 @@ Settings, from the environment:
                                   deploy/production.json, else `<package.model_name>:latest`
     IMAGE_CLASSIFIER_TRAFFIC_DIR  folder of the traffic logs; default `monitor.traffic_dir` of
                                   params.yaml (data/traffic); relative to where `bentoml serve` started
+    IMAGE_CLASSIFIER_TOKEN        a bearer token every request but the health checks must carry;
+    IMAGE_CLASSIFIER_TOKEN_FILE   or a file holding it (service/access.py). Unset: no token needed
 """
 import logging
 import os
@@ -42,6 +44,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is imported)
+from service.access import BearerToken, configured_token
 from tasks.common.config import load_params
 from tasks.common.paths import POINTER
 from tasks.data.images import decode_upload, to_rgb
@@ -225,7 +228,8 @@ class ClassifierModel:
         return np.concatenate([probs, self.bundle.project(features)], axis=1).astype(np.float32)
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60})
+# Loopback unless `bentoml serve --host 0.0.0.0` says otherwise: see service/access.py for a token.
+@bentoml.service(workers=1, traffic={"timeout": 60}, http={"host": "127.0.0.1"})
 class ImageClassifier:
     """Classifies uploaded images; every image is logged for drift monitoring."""
 
@@ -305,3 +309,7 @@ class ImageClassifier:
                         mon.log(row["confidence"], "confidence", "prediction", "numerical")
         except OSError:  # a full or read-only disk must not cost the client its answer
             logger.exception("could not write the traffic log under %s", self.traffic_dir)
+
+
+# With IMAGE_CLASSIFIER_TOKEN(_FILE) set, every route but the health checks needs the token (service/access.py).
+ImageClassifier.add_asgi_middleware(BearerToken, token=configured_token())

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import torch
 
+from service.access import TOKEN_ENV
 from tasks import package
 from tasks.common.config import UserError
 from tasks.common.files import sha256
@@ -35,6 +36,8 @@ from tests.conftest import make_params, write_image_set
 CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog images green
 IMAGE_SIZE = 32
 TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperature
+TOKEN = "test-token-7f3a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRAFFIC = "traffic"  # relative: the service resolves it against the folder `bentoml serve` started in
 
 
@@ -106,6 +109,7 @@ def server(packaged: dict):
         "BENTOML_HOME": report["bentoml_home"],
         "BENTOML_DO_NOT_TRACK": "True",
         "IMAGE_CLASSIFIER_TRAFFIC_DIR": TRAFFIC,
+        TOKEN_ENV: TOKEN,  # every test below sends it; test_a_token_guards_the_api_not_the_health_checks checks it
     }
     env.pop("IMAGE_CLASSIFIER_MODEL", None)
     log = (workdir / "serve.log").open("w")
@@ -145,8 +149,13 @@ def samples(tmp_path_factory) -> dict[str, Path]:
     return {p.parent.name: p for p in paths}
 
 
+def post(url: str, headers: dict | None = None, **request) -> httpx.Response:
+    """POST /classify with the service's token added to the request's own headers."""
+    return httpx.post(url + "/classify", headers={**AUTH, **(headers or {})}, timeout=30, **request)
+
+
 def classify(url: str, files: list, data: dict | None = None) -> httpx.Response:
-    return httpx.post(url + "/classify", files=files, data=data, timeout=30)
+    return post(url, files=files, data=data)
 
 
 def upload(path: Path, name: str) -> tuple:
@@ -287,7 +296,7 @@ BAD_REQUESTS = {  # case: (request arguments given a good PNG, expected "loc: me
 def test_bad_input_is_a_4xx_json_error(server: dict, samples: dict[str, Path], case: str):
     build, expected = BAD_REQUESTS[case]
 
-    resp = httpx.post(server["url"] + "/classify", timeout=30, **build(samples["cat"].read_bytes()))
+    resp = post(server["url"], **build(samples["cat"].read_bytes()))
 
     assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
     body = resp.json()
@@ -301,7 +310,7 @@ def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[st
     """Adaptive batching: BentoML's histogram of requests merged per forward pass."""
 
     def batch_stats() -> tuple[float, float]:
-        text = httpx.get(server["url"] + "/metrics", timeout=10).text
+        text = httpx.get(server["url"] + "/metrics", timeout=10, headers=AUTH).text
         found = {
             kind: sum(float(v) for v in re.findall(
                 rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ClassifierModel"[^}}]*}} (\S+)$',
@@ -313,7 +322,7 @@ def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[st
 
     async def burst(n: int) -> list[int]:
         image = samples["cat"].read_bytes()
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, headers=AUTH) as client:
             responses = await asyncio.gather(*(
                 client.post(server["url"] + "/classify", files=[("images", (f"{i}.png", image, "image/png"))])
                 for i in range(n)
@@ -345,7 +354,7 @@ def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]
     before = len(logged_rows())
     resp = classify(server["url"], [upload(samples["cat"], "cat.png"), upload(samples["dog"], "dog.png")])
     assert resp.status_code == 200, resp.text
-    assert httpx.post(server["url"] + "/classify", **form(("images", TEXT))).status_code == 400  # not logged
+    assert post(server["url"], **form(("images", TEXT))).status_code == 400  # not logged
 
     rows = logged_rows()
     assert len(rows) == before + 2
@@ -355,3 +364,14 @@ def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]
     assert 0.5 < dog["confidence"] <= 1 and cat["request_id"] == dog["request_id"]
     assert all(isinstance(cat[f"emb_{i}"], float) for i in range(8))
     assert (server["traffic"] / "image_classifier" / "data").is_dir()  # under the launch folder
+
+
+def test_a_token_guards_the_api_not_the_health_checks(server: dict, samples: dict[str, Path]):
+    files = [("images", ("cat.png", samples["cat"].read_bytes(), "image/png"))]
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        refused = httpx.post(server["url"] + "/classify", files=files, headers=headers, timeout=30)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    assert httpx.post(server["url"] + "/classify", files=files, headers=AUTH, timeout=30).status_code == 200
+    assert httpx.get(server["url"] + "/readyz", timeout=10).status_code == 200
+    assert httpx.get(server["url"] + "/livez", timeout=10).status_code == 200
+    assert TOKEN not in (server["workdir"] / "serve.log").read_text()  # never logged

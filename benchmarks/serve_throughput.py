@@ -1,0 +1,192 @@
+"""Serving throughput: the bundle in-process against the real served Bento on loopback.
+
+For the production Bento (or --bento), times:
+    in_process  the bundle alone, preprocessing included (PNG bytes -> decode -> RGB -> tensor ->
+                calibrated probabilities): batches of 64, and one image at a time
+    served      `bentoml serve <bento>` on 127.0.0.1, POST /classify from an asyncio client at each
+                --concurrency, with each --images-per-request: requests/s, images/s, p50/p95/p99
+                latency, errors (any non-200 or connection failure), and the server's RSS (all its
+                processes) before and after the case
+and prints one JSON line per case. The client runs on the same machine as the server and takes some
+of its CPU: on a small machine the served figures are a lower bound. Usage:
+    python benchmarks/serve_throughput.py                       # production Bento, 2,000 requests per case
+    python benchmarks/serve_throughput.py --requests 10000 --concurrency 64 --images-per-request 1
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bentoml  # noqa: E402
+
+from tasks.common.paths import POINTER, split_csv  # noqa: E402
+from tasks.data.images import decode_upload, to_rgb  # noqa: E402
+from tasks.model.bundle import load_bundle, read_meta  # noqa: E402
+from tasks.model.registry import model_dir, read_pointer  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def sample_pngs(count: int) -> list[bytes]:
+    """PNG bytes of test-split images (cycled to `count`), else of random 32 px images."""
+    csv = split_csv("test")
+    if csv.is_file():
+        files = pd.read_csv(csv)["file"].tolist()
+        blobs = [Path(f).read_bytes() for f in files[:count]]
+    else:
+        rng = np.random.default_rng(0)
+        blobs = []
+        for _ in range(min(count, 256)):
+            out = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(out, format="PNG")
+            blobs.append(out.getvalue())
+    return [blobs[i % len(blobs)] for i in range(count)]
+
+
+def in_process(bundle_path: Path, pngs: list[bytes], batch: int) -> dict:
+    """Images/s of the bundle alone, batch by batch, decoding and preprocessing included."""
+    bundle, background = load_bundle(bundle_path), tuple(read_meta(bundle_path)["background"])
+
+    def classify(blobs: list[bytes]) -> np.ndarray:
+        """What the service computes for each image, less the HTTP hops and the traffic log."""
+        rgb = [to_rgb(decode_upload(b), background) for b in blobs]
+        logits, features = bundle.logits_and_features(bundle.preprocess(rgb))
+        return np.concatenate([bundle.probabilities(logits), bundle.project(features)], axis=1)
+
+    classify(pngs[:batch])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(pngs), batch):
+        classify(pngs[start:start + batch])
+    seconds = time.perf_counter() - started
+    return {"case": "in_process", "batch": batch, "images": len(pngs), "images_per_s": round(len(pngs) / seconds, 1),
+            "threads": torch.get_num_threads()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_rss_mb(server: subprocess.Popen) -> float:
+    """Resident memory of the server and every process it started (API and model workers)."""
+    root = psutil.Process(server.pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20, 1)
+
+
+async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per_request: int) -> dict:
+    """`requests` POSTs, `concurrency` at a time; latencies of the answered ones, and the failures."""
+    latencies, errors, statuses = [], 0, {}
+    queue = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in queue:
+            files = [("images", (f"img{i}_{k}.png", pngs[(i * per_request + k) % len(pngs)], "image/png"))
+                     for k in range(per_request)]
+            started = time.perf_counter()
+            try:
+                response = await client.post("/classify", files=files)
+                status = response.status_code
+            except httpx.HTTPError as err:
+                status = type(err).__name__
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "requests": requests, "seconds": round(seconds, 2),
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        "images_per_s": round(len(latencies) * per_request / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": errors, "error_statuses": statuses,
+    }
+
+
+def serve(bento: str, port: int, traffic_dir: str) -> subprocess.Popen:
+    env = {**os.environ, "IMAGE_CLASSIFIER_TRAFFIC_DIR": traffic_dir, "BENTOML_DO_NOT_TRACK": "True"}
+    server = subprocess.Popen([str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            raise SystemExit(f"bentoml serve {bento} exited ({server.returncode})")
+        time.sleep(0.5)
+    raise SystemExit(f"bentoml serve {bento} was not ready within 120 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bento", help="Bento tag (default: the production Bento of deploy/production.json)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per served case")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--images-per-request", default="1,16")
+    parser.add_argument("--in-process-images", type=int, default=2048)
+    args = parser.parse_args()
+
+    entry = read_pointer(Path(POINTER))["current"]
+    bento = args.bento or (entry and entry["bento"])
+    if not bento:
+        raise SystemExit("no production Bento: run the pipeline (make run) or pass --bento")
+    model = str(bentoml.get(bento).info.all_models[0].tag)
+    pngs = sample_pngs(max(args.in_process_images, 256))
+    for batch in (64, 1):
+        print(json.dumps({"model": model, **in_process(model_dir(model), pngs[:args.in_process_images], batch)}),
+              flush=True)
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as traffic:
+        server = serve(bento, port, traffic)
+        try:
+            for per_request in (int(n) for n in args.images_per_request.split(",")):
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    rss_before = server_rss_mb(server)
+                    figures = asyncio.run(load(f"http://127.0.0.1:{port}", pngs, args.requests, concurrency,
+                                               per_request))
+                    print(json.dumps({"case": "served", "bento": bento, "concurrency": concurrency,
+                                      "images_per_request": per_request, **figures,
+                                      "server_rss_mb_before": rss_before,
+                                      "server_rss_mb_after": server_rss_mb(server)}), flush=True)
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
