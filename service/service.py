@@ -20,6 +20,7 @@ Settings, from the environment:
                                   params.yaml (data/traffic); relative to where `bentoml serve` started
     IMAGE_CLASSIFIER_TOKEN        a bearer token every request but the health checks must carry;
     IMAGE_CLASSIFIER_TOKEN_FILE   or a file holding it (service/access.py). Unset: no token needed
+    IMAGE_CLASSIFIER_MAX_IN_FLIGHT  requests held at once (default 128); one more gets 503 + Retry-After
 """
 import logging
 import os
@@ -45,6 +46,7 @@ from starlette.requests import Request
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is imported)
 from service.access import BearerToken, configured_token
+from service.admission import Admission, configured_limit
 from tasks.common.config import load_params
 from tasks.common.paths import POINTER
 from tasks.data.images import decode_upload, to_rgb
@@ -311,5 +313,8 @@ class ImageClassifier:
             logger.exception("could not write the traffic log under %s", self.traffic_dir)
 
 
-# With IMAGE_CLASSIFIER_TOKEN(_FILE) set, every route but the health checks needs the token (service/access.py).
+# Outermost first. With IMAGE_CLASSIFIER_TOKEN(_FILE) set, every route but the health checks needs the
+# token (service/access.py); then at most IMAGE_CLASSIFIER_MAX_IN_FLIGHT requests at once, the next
+# gets 503 with Retry-After (service/admission.py).
 ImageClassifier.add_asgi_middleware(BearerToken, token=configured_token())
+ImageClassifier.add_asgi_middleware(Admission, limit=configured_limit())

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from service.access import TOKEN_ENV
+from service.admission import MAX_IN_FLIGHT_ENV
 from tasks import package
 from tasks.common.config import UserError
 from tasks.common.files import sha256
@@ -37,6 +38,7 @@ CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog imag
 IMAGE_SIZE = 32
 TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperature
 TOKEN = "test-token-7f3a"
+MAX_IN_FLIGHT = 48  # above the 32 concurrent requests of the batching test, below the overload test's burst
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRAFFIC = "traffic"  # relative: the service resolves it against the folder `bentoml serve` started in
 
@@ -110,6 +112,7 @@ def server(packaged: dict):
         "BENTOML_DO_NOT_TRACK": "True",
         "IMAGE_CLASSIFIER_TRAFFIC_DIR": TRAFFIC,
         TOKEN_ENV: TOKEN,  # every test below sends it; test_a_token_guards_the_api_not_the_health_checks checks it
+        MAX_IN_FLIGHT_ENV: str(MAX_IN_FLIGHT),
     }
     env.pop("IMAGE_CLASSIFIER_MODEL", None)
     log = (workdir / "serve.log").open("w")
@@ -375,3 +378,22 @@ def test_a_token_guards_the_api_not_the_health_checks(server: dict, samples: dic
     assert httpx.get(server["url"] + "/readyz", timeout=10).status_code == 200
     assert httpx.get(server["url"] + "/livez", timeout=10).status_code == 200
     assert TOKEN not in (server["workdir"] / "serve.log").read_text()  # never logged
+
+
+@pytest.mark.slow
+def test_overload_is_refused_with_retry_after_and_the_rest_answered(server: dict, samples: dict[str, Path]):
+    image = samples["cat"].read_bytes()
+
+    async def burst(n: int) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=n)
+        async with httpx.AsyncClient(timeout=60, headers=AUTH, limits=limits) as client:
+            return await asyncio.gather(*(
+                client.post(server["url"] + "/classify", files=[("images", (f"{i}.png", image, "image/png"))])
+                for i in range(n)))
+
+    answers = asyncio.run(burst(4 * MAX_IN_FLIGHT))
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503} and codes.count(200) >= MAX_IN_FLIGHT // 2, codes
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and refused.json()["error"] == "overloaded"
+    assert httpx.get(server["url"] + "/readyz", timeout=10).status_code == 200
