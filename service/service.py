@@ -47,6 +47,7 @@ from starlette.requests import Request
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is imported)
 from service.access import BearerToken, configured_token
 from service.admission import Admission, configured_limit
+from service.coalesce import Coalescer
 from tasks.common.config import load_params
 from tasks.common.paths import POINTER
 from tasks.data.images import decode_upload, to_rgb
@@ -61,6 +62,7 @@ DEFAULT_TOP_K = 3
 MAX_IMAGES = 64  # per request; also the largest batch one forward pass takes
 MAX_LATENCY_MS = 5000  # overload: a request that would wait longer gets 503 instead of piling up
 CONNECTION_ATTEMPTS = 3
+COALESCED_CALLS = 1  # calls to the model worker in flight at once: one computes while the next is sent
 
 logger = logging.getLogger("bentoml.image_classifier")
 
@@ -245,6 +247,7 @@ class ImageClassifier:
         self.labels = list(self.meta["labels"])
         self.traffic_dir = traffic_dir()
         self.log_lock = threading.Lock()  # bentoml.monitor sets its log files up on first use
+        self.coalesce = Coalescer(self.infer, MAX_IMAGES, calls=COALESCED_CALLS)
         logger.info("serving %s; traffic logs under %s", self.bento_model.tag, self.traffic_dir)
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput)
@@ -267,7 +270,7 @@ class ImageClassifier:
             return rgb, preprocess(rgb, meta["image_size"], meta["mean"], meta["std"], meta["crop_pct"]).numpy()
 
         rgb, batch = await anyio.to_thread.run_sync(to_batch)
-        out = await self.infer(batch)
+        out = await self.coalesce(batch)
         probs, embeddings = out[:, : len(labels)], out[:, len(labels) :]
 
         await anyio.to_thread.run_sync(self.log_traffic, rgb, probs, embeddings)

@@ -310,7 +310,7 @@ def test_bad_input_is_a_4xx_json_error(server: dict, samples: dict[str, Path], c
 
 @pytest.mark.slow
 def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[str, Path]):
-    """Adaptive batching: BentoML's histogram of requests merged per forward pass."""
+    """Concurrent requests share forward passes: BentoML's histogram of calls merged per forward pass."""
 
     def batch_stats() -> tuple[float, float]:
         text = httpx.get(server["url"] + "/metrics", timeout=10, headers=AUTH).text
@@ -339,8 +339,9 @@ def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[st
     requests_after, passes_after = batch_stats()
 
     assert codes == [200] * 32
-    assert requests_after - requests_before >= 32
-    assert passes_after - passes_before < requests_after - requests_before  # some passes served several
+    # The API coalesces concurrent requests into few calls, which BentoML's batcher may merge further:
+    # 32 requests take far fewer forward passes than 32.
+    assert 1 <= passes_after - passes_before <= requests_after - requests_before < 32 // 2
 
 
 @pytest.mark.slow
