@@ -24,7 +24,7 @@ from tasks.common.config import Params, UserError, load_params
 from tasks.common.files import sha256
 from tasks.common.paths import MODEL_DIR, POINTER, split_csv
 from tasks.data.splits import read_split
-from tasks.model.bundle import Bundle, load_bundle
+from tasks.model.bundle import load_bundle
 from tasks.model.registry import check_in_store, model_dir, read_pointer
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
@@ -36,18 +36,19 @@ WINDOW_KEYS = ("drifted_columns", "drifted_count", "columns_checked", "drift_sha
                "mean_confidence", "prediction_mix")
 
 
-def serving_model(root: Path) -> tuple[Bundle, str]:
-    """The production model from the BentoML store (it logged the traffic), else the pipeline's
-    latest bundle when nothing has been promoted yet."""
+def serving_model(root: Path) -> tuple[str, Path]:
+    """The production model's tag and bundle folder in the BentoML store (it logged the traffic),
+    else the pipeline's latest bundle when nothing has been promoted yet."""
     entry = read_pointer(root / POINTER)["current"]
     if entry is None:
-        return load_bundle(root / MODEL_DIR), str(MODEL_DIR)
+        return str(MODEL_DIR), root / MODEL_DIR
     check_in_store(entry["model"])
-    return load_bundle(model_dir(entry["model"])), entry["model"]
+    return entry["model"], model_dir(entry["model"])
 
 
-def reference_profile(root: Path, ops_home: Path, bundle: Bundle, model: str) -> pd.DataFrame:
-    """Feature rows of the validation images under this model, computed once per model and split."""
+def reference_profile(root: Path, ops_home: Path, model: str, bundle_dir: Path) -> pd.DataFrame:
+    """Feature rows of the validation images under this model, computed once per model and split
+    (the model is loaded only then)."""
     val_csv = root / split_csv("val")
     if not val_csv.is_file():
         raise UserError(f"{val_csv} not found; run the pipeline (retrain) before monitoring")
@@ -55,7 +56,7 @@ def reference_profile(root: Path, ops_home: Path, bundle: Bundle, model: str) ->
     cache = ops_home / "monitor" / "reference" / name
     if cache.is_file():  # labels stay text: digits' "7" must not come back as the number 7
         return pd.read_csv(cache, dtype={"prediction": str})
-    profile = profile_split(bundle, root, read_split(root, "val"), "profile val")
+    profile = profile_split(load_bundle(bundle_dir), root, read_split(root, "val"), "profile val")
     cache.parent.mkdir(parents=True, exist_ok=True)
     profile.to_csv(cache, index=False)
     return profile
@@ -64,8 +65,8 @@ def reference_profile(root: Path, ops_home: Path, bundle: Bundle, model: str) ->
 def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFrame, window: dict) -> dict:
     """Evidently drift of the window against the reference: report files, workspace snapshot, verdict."""
     end = datetime.fromisoformat(window["end"])
-    bundle, model = serving_model(root)
-    reference = reference_profile(root, ops_home, bundle, model)
+    model, bundle_dir = serving_model(root)
+    reference = reference_profile(root, ops_home, model, bundle_dir)
     snapshot = drift_snapshot(reference, current, params.monitor.drift_share, timestamp=end)
     summary = summarize_drift(snapshot.dict())
     folder = report_dir(ops_home, end)

@@ -76,8 +76,8 @@ def environment(ops_home: Path, api_url: str) -> dict[str, str]:
 
 def start(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
     """A child in its own session, so that Ctrl-C reaches only this process and the stack stops in order."""
-    log = (logs / f"{name}.log").open("ab")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with (logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen, seconds: float = 20) -> None:

@@ -81,10 +81,10 @@ def prefect_server(tmp_path_factory):
     from flows.ops import environment, start, stop, wait_for_api
 
     home = tmp_path_factory.mktemp("ops")
-    url = f"http://127.0.0.1:{free_port()}/api"
-    port = url.rsplit(":", 1)[1].split("/")[0]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
     server = start("prefect-server", [str(Path(sys.executable).parent / "prefect"), "server", "start",
-                                      "--host", "127.0.0.1", "--port", port], environment(home, url), home)
+                                      "--host", "127.0.0.1", "--port", str(port)], environment(home, url), home)
     try:
         wait_for_api(url, 120, server, home / "prefect-server.log")
         EventsWorker.drain_all()  # an events client made for another API must not be reused

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.events.worker import EventsWorker
 
 from flows.deployments import register
@@ -39,8 +40,9 @@ def project(tmp_path_factory, prefect_server) -> Path:
 def retrain_runs(trigger: str) -> list:
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("retrain/retrain")
-        runs = client.read_flow_runs(limit=100, offset=0, sort="START_TIME_DESC")
-    return [r for r in runs if r.deployment_id == deployment.id and r.parameters.get("trigger") == trigger]
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                                     limit=200, offset=0, sort="START_TIME_DESC")
+    return [r for r in runs if r.parameters.get("trigger") == trigger]
 
 
 def wait_for_runs(trigger: str, count: int, seconds: float = 30) -> list:

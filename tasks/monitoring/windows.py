@@ -56,6 +56,10 @@ def record_window(ops_home: Path, window: dict) -> None:
     """Append one window to the history (one line, so a crash cannot corrupt earlier windows)."""
     path = history_file(ops_home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with path.open("a") as history:
-        history.write(("\n" if torn else "") + json.dumps(window) + "\n")  # a torn line stays alone
+    with path.open("a+b") as history:  # appends always go to the end, wherever the last read was
+        torn = False
+        if size := history.seek(0, 2):
+            history.seek(size - 1)
+            torn = history.read(1) != b"\n"
+        line = json.dumps(window) + "\n"
+        history.write((("\n" + line) if torn else line).encode())  # a torn line stays alone
