@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test ops promote rollback deps
+.PHONY: install run test ops serve promote rollback deps
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ test: install
 # The operations stack: Prefect server + deployments + worker, Evidently UI (README, "Operating it").
 ops: install
 	$(BIN)/python -m flows.ops
+
+# The production model as a long-running service on ops.service_port, following promotion and rollback.
+serve: install
+	$(BIN)/python -m tasks.production serve
 
 # Production pointer (deploy/production.json): the gate-passed challenger in, or the previous model back.
 promote: install

@@ -37,6 +37,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bentoml  # noqa: E402
 
+from service.admission import MAX_IN_FLIGHT_ENV  # noqa: E402
 from tasks.common.paths import POINTER, split_csv  # noqa: E402
 from tasks.data.images import decode_upload, to_rgb  # noqa: E402
 from tasks.model.bundle import load_bundle, read_meta  # noqa: E402
@@ -101,6 +102,8 @@ def server_rss_mb(server: subprocess.Popen) -> float:
 async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per_request: int) -> dict:
     """`requests` POSTs, `concurrency` at a time; latencies of the answered ones, and the failures.
 
+    A client refused with Retry-After (503 under overload) waits that long before its next request.
+
     aiohttp, not httpx: at 64 concurrent, httpx's client took two thirds of a core on this machine
     and halved the rate the server could show; aiohttp takes under a tenth.
     """
@@ -115,10 +118,12 @@ async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per
                 form.add_field("images", pngs[(i * per_request + k) % len(pngs)], filename=f"img{i}_{k}.png",
                                content_type="image/png")
             started = time.perf_counter()
+            retry_after = 0.0
             try:
                 async with session.post(f"{url}/classify", data=form) as response:
                     await response.read()
                     status = response.status
+                    retry_after = float(response.headers.get("Retry-After", 0))
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
                 status = type(err).__name__
             if status == 200:
@@ -126,6 +131,7 @@ async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per
             else:
                 errors += 1
                 statuses[str(status)] = statuses.get(str(status), 0) + 1
+                await asyncio.sleep(retry_after)  # a refused client waits as told, as a well-behaved one would
 
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as session:
@@ -142,8 +148,10 @@ async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per
     }
 
 
-def serve(bento: str, port: int, traffic_dir: str) -> subprocess.Popen:
+def serve(bento: str, port: int, traffic_dir: str, max_in_flight: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "IMAGE_CLASSIFIER_TRAFFIC_DIR": traffic_dir, "BENTOML_DO_NOT_TRACK": "True"}
+    if max_in_flight:
+        env[MAX_IN_FLIGHT_ENV] = str(max_in_flight)
     server = subprocess.Popen([str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -166,6 +174,9 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--images-per-request", default="1,16")
     parser.add_argument("--in-process-images", type=int, default=2048)
+    parser.add_argument("--max-in-flight", type=int,
+                        help="the server's IMAGE_CLASSIFIER_MAX_IN_FLIGHT (per API worker), to show refusals")
+    parser.add_argument("--skip-in-process", action="store_true", help="only the served cases")
     args = parser.parse_args()
 
     entry = read_pointer(Path(POINTER))["current"]
@@ -174,13 +185,13 @@ def main() -> None:
         raise SystemExit("no production Bento: run the pipeline (make run) or pass --bento")
     model = str(bentoml.get(bento).info.all_models[0].tag)
     pngs = sample_pngs(max(args.in_process_images, 256))
-    for batch in (64, 1):
+    for batch in () if args.skip_in_process else (64, 1):
         print(json.dumps({"model": model, **in_process(model_dir(model), pngs[:args.in_process_images], batch)}),
               flush=True)
 
     port = free_port()
     with tempfile.TemporaryDirectory() as traffic:
-        server = serve(bento, port, traffic)
+        server = serve(bento, port, traffic, args.max_in_flight)
         try:
             for per_request in (int(n) for n in args.images_per_request.split(",")):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -188,6 +199,7 @@ def main() -> None:
                     figures = asyncio.run(load(f"http://127.0.0.1:{port}", pngs, args.requests, concurrency,
                                                per_request))
                     print(json.dumps({"case": "served", "bento": bento, "concurrency": concurrency,
+                                      "max_in_flight": args.max_in_flight,
                                       "images_per_request": per_request, **figures,
                                       "server_rss_mb_before": rss_before,
                                       "server_rss_mb_after": server_rss_mb(server)}), flush=True)

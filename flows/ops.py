@@ -7,6 +7,8 @@ Starts, in this order, and stops in reverse on Ctrl-C:
                        (flows/deployments.py), created or updated on every start
     a worker           for that pool: it runs the deployments' flow runs as child processes
     Evidently UI       the drift dashboard of <ops.home>/evidently on ops.evidently_port
+    the service        the production model on ops.service_port, following each promotion and
+                       rollback (`python -m tasks.production serve`); started once production has a model
 
 Running it again resumes from ops.home: the same database, schedules, run history and windows.
 `--api-url URL` uses a Prefect server that is already running (a team's, on PostgreSQL) instead of
@@ -42,6 +44,8 @@ from sqlalchemy.engine import make_url
 import tasks  # noqa: F401  (switches telemetry off for this process and the ones it starts)
 from flows.deployments import register
 from tasks.common.config import Params, UserError, load_params
+from tasks.common.paths import POINTER
+from tasks.model.registry import read_pointer
 from tasks.monitoring.workspace import open_project
 
 BIN = Path(sys.executable).parent
@@ -96,6 +100,14 @@ def stop(proc: subprocess.Popen, seconds: float = 20) -> None:
             continue
 
 
+def has_production(root: Path) -> bool:
+    """Whether deploy/production.json names a model (an unreadable file counts as no)."""
+    try:
+        return read_pointer(root / POINTER)["current"] is not None
+    except UserError:
+        return False
+
+
 def wait_for_api(api_url: str, seconds: float, server: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Until the API answers its health check; one clear line if it never does."""
     deadline = time.monotonic() + seconds
@@ -135,6 +147,7 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
     if own_server:
         check_port_free(ops.host, ops.prefect_port, "ops.prefect_port")
     check_port_free(ops.host, ops.evidently_port, "ops.evidently_port")
+    check_port_free(ops.host, ops.service_port, "ops.service_port")
     logs.mkdir(parents=True, exist_ok=True)
     api_url = api_url or f"http://{ops.host}:{ops.prefect_port}/api"
     env = environment(ops_home, api_url)
@@ -170,10 +183,18 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, watch-data; "
               f"work pool {ops.work_pool})\n"
               f"Evidently UI   http://{ops.host}:{ops.evidently_port}  (drift per monitor window)\n"
+              f"Service        http://{ops.host}:{ops.service_port}  (the production model; "
+              f"{'starting' if has_production(root) else 'starts once a model is promoted'})\n"
               f"logs           {logs}\n"
               f"run now        PREFECT_API_URL={api_url} prefect deployment run retrain/retrain\n"
               "Ctrl-C stops everything.", flush=True)
+        service = None
         while all(child.poll() is None for child in children):
+            if service is None and has_production(root):  # the first promotion may come from a retrain
+                service = start("service", [sys.executable, "-m", "tasks.production", "serve", "--host", ops.host,
+                                            "--port", str(ops.service_port)], env, logs)
+                children.append(service)
+                stack.callback(stop, service)
             time.sleep(1)
         died = next(child for child in children if child.poll() is not None)
         raise UserError(f"{Path(died.args[0]).name} {died.args[1]} stopped (exit {died.returncode}); see {logs}")

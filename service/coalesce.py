@@ -1,29 +1,31 @@
-"""Concurrent requests' images in one call to the model worker (see Coalescer)."""
+"""Adaptive batching: the images of concurrent requests in one forward pass (see Coalescer)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 
 import numpy as np
 
 
 class Coalescer:
-    """The images of concurrent requests in one call to the model worker.
+    """The images of concurrent requests in one call: `call(images)` -> one row per image.
 
-    Each call to another process costs milliseconds of parsing on both sides, more than the forward
-    pass of one 32 px image (docs/performance.md), so one call per request would spend the model
-    worker on calls. Here, while `calls` calls are in flight, the images that arrive wait and go
-    together in the next one, up to `max_images`: no timer, so an idle service adds no delay, and a
-    busy one sends big batches (which the model worker's adaptive batching merges further).
+    While `calls` calls are in flight, the images that arrive wait and go together in the next one,
+    up to `max_images`: no timer, so an idle service adds no delay and a busy one sends big batches.
+    Batching here rather than in the model worker lets one call preprocess the whole batch, costs one
+    hop to the model worker per batch instead of per request, and keeps each batch on one model while
+    production changes (docs/performance.md).
     """
 
-    def __init__(self, call, max_images: int, calls: int) -> None:
-        self.call, self.max_images, self.calls = call, max_images, calls
-        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+    def __init__(self, call: Callable[[list], Awaitable[np.ndarray]], max_images: int, calls: int,
+                 on_batch: Callable[[int], None] = lambda size: None) -> None:
+        self.call, self.max_images, self.calls, self.on_batch = call, max_images, calls, on_batch
+        self.pending: list[tuple[list, asyncio.Future]] = []
         self.running = 0
 
-    async def __call__(self, batch: np.ndarray) -> np.ndarray:
+    async def __call__(self, images: list) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
-        self.pending.append((batch, future))
+        self.pending.append((images, future))
         if self.running < self.calls:
             self.running += 1
             asyncio.get_running_loop().create_task(self.send_pending())
@@ -32,19 +34,20 @@ class Coalescer:
     async def send_pending(self) -> None:
         try:
             while self.pending:
-                taken, images = [], 0
-                while self.pending and (not taken or images + len(self.pending[0][0]) <= self.max_images):
+                taken, count = [], 0
+                while self.pending and (not taken or count + len(self.pending[0][0]) <= self.max_images):
                     taken.append(self.pending.pop(0))
-                    images += len(taken[-1][0])
+                    count += len(taken[-1][0])
+                self.on_batch(count)
                 try:
-                    out = await self.call(np.concatenate([batch for batch, _ in taken]))
+                    out = await self.call([image for images, _ in taken for image in images])
                 except Exception as err:  # each request answers with the error, as if it had called alone
                     for _, future in taken:
                         future.set_exception(err)
                     continue
                 start = 0
-                for batch, future in taken:
-                    future.set_result(out[start:start + len(batch)])
-                    start += len(batch)
+                for images, future in taken:
+                    future.set_result(out[start:start + len(images)])
+                    start += len(images)
         finally:
             self.running -= 1

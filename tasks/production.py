@@ -13,6 +13,8 @@ before the promotion.
     python -m tasks.production promote       # the challenger the gate passed (reports/gate/decision.json)
     python -m tasks.production rollback      # back to the previous production model
     python -m tasks.production bento         # the production Bento's tag: bentoml serve $(...)
+    python -m tasks.production serve         # serve production on ops.host:ops.service_port, following
+                                             # every promotion and rollback (--host, --port to override)
 
 `show` reads each entry's lineage (data and split hashes, git commit, params hash, trigger; see
 tasks/model/lineage.py) from the model's metadata in the BentoML store ($BENTOML_HOME, else
@@ -20,15 +22,17 @@ tasks/model/lineage.py) from the model's metadata in the BentoML store ($BENTOML
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks.common.config import UserError
+from tasks.common.config import UserError, load_params
 from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER
 from tasks.model.lineage import format_lineage
-from tasks.model.registry import check_in_store, model_metadata, read_pointer, store_home, write_pointer
+from tasks.model.registry import FOLLOW_ENV, check_in_store, model_metadata, read_pointer, store_home, write_pointer
 
 
 def promote(workdir: Path = Path("."), force: bool = False) -> dict:
@@ -111,6 +115,30 @@ def describe(shown: dict, home: str | Path | None = None) -> str:
     return "\n\n".join(blocks)
 
 
+def production_bento(workdir: Path = Path(".")) -> str:
+    """The Bento of the production model; UserError when there is none yet."""
+    entry = read_pointer(workdir / POINTER)["current"]
+    if entry is None:
+        raise UserError("no production model yet; run the pipeline, then python -m tasks.production promote")
+    return entry["bento"]
+
+
+def serve_command(host: str, port: int, workdir: Path = Path(".")) -> tuple[list[str], dict[str, str]]:
+    """`bentoml serve` of the production Bento, following the pointer (service/service.py), and its environment.
+
+    The Bento's code and first model are those production had when the service started; later models
+    come from the local BentoML store as promotion and rollback name them. Another Bento (new service
+    code) needs a restart.
+    """
+    bento = production_bento(workdir)
+    name, _, version = bento.partition(":")
+    if not (store_home() / "bentos" / name / version / "bento.yaml").is_file():
+        raise UserError(f"Bento {bento} is not in the BentoML store under {store_home()}; "
+                        "rebuild it (dvc repro package) or bring it over with bentoml import")
+    cmd = [sys.executable, "-m", "bentoml", "serve", bento, "--host", host, "--port", str(port)]
+    return cmd, {**os.environ, FOLLOW_ENV: str((workdir / POINTER).resolve())}
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found; run the pipeline first (dvc repro)")
@@ -122,7 +150,7 @@ def main(argv: list[str]) -> None:
     try:
         if command == "promote":
             entry = promote(force="--force" in argv[1:])
-            print(f"production: {entry['model']} (serve: bentoml serve {entry['bento']})")
+            print(f"production: {entry['model']} (a service started with `make serve` switches to it)")
         elif command == "rollback":
             entry = rollback()
             print(f"production: {entry['model'] if entry else 'none (no production model)'}")
@@ -130,12 +158,21 @@ def main(argv: list[str]) -> None:
             shown = show()
             print(json.dumps(shown, indent=2) if "--json" in argv else describe(shown))
         elif command == "bento":
-            entry = read_pointer(POINTER)["current"]
-            if entry is None:
-                raise UserError("no production model yet; run the pipeline, then python -m tasks.production promote")
-            print(entry["bento"])
+            print(production_bento())
+        elif command == "serve":
+            ops = load_params().ops
+            parser = argparse.ArgumentParser(prog="python -m tasks.production serve")
+            parser.add_argument("--host", default=ops.host, help=f"default ops.host ({ops.host})")
+            parser.add_argument("--port", type=int, default=ops.service_port,
+                                help=f"default ops.service_port ({ops.service_port})")
+            args = parser.parse_args(argv[1:])
+            cmd, env = serve_command(args.host, args.port)
+            print(f"serving production ({production_bento()}) on http://{args.host}:{args.port}, "
+                  f"following {POINTER}", flush=True)
+            os.execve(cmd[0], cmd, env)  # bentoml serve in this process: Ctrl-C and SIGTERM reach it directly
         else:
-            raise UserError(f"unknown command {command!r}; use show [--json], promote [--force], rollback or bento")
+            raise UserError(f"unknown command {command!r}; use show [--json], promote [--force], rollback, bento "
+                            "or serve")
     except UserError as err:
         print(f"production: error: {err}", file=sys.stderr)
         sys.exit(2)

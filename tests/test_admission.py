@@ -47,7 +47,7 @@ def test_a_503_from_inside_gets_retry_after_too():
 
 def test_the_limit_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv(MAX_IN_FLIGHT_ENV, raising=False)
-    assert configured_limit() == 128
+    assert configured_limit() == 64
     monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "16")
     assert configured_limit() == 16
     for bad in ("0", "many", "-3"):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -34,7 +35,7 @@ def ops_project(root: Path, **ops) -> Path:
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"]["root"] = "images"
     raw["train"].update({"epochs": 1, "batch_size": 16})
-    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), **ops})
+    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port(), **ops})
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (root / "data/traffic").mkdir(parents=True)
     write_image_set(root / "images", {"cat": 10, "dog": 10, "fox": 10})
@@ -57,6 +58,13 @@ def start_ops(root: Path, env: dict) -> subprocess.Popen:
 def ctrl_c(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGINT)
     return proc.wait(60)
+
+
+def service_ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def port_is_free(port: int) -> bool:
@@ -84,10 +92,21 @@ def test_the_stack_retrains_through_its_worker_stops_cleanly_and_resumes(tmp_pat
                 (lineage,) = client.request("POST", "/artifacts/filter", json=body).json()
                 deployment_id = client.read_deployment_by_name("retrain/retrain").id
         assert "| trigger | manual |" in lineage["data"] and "data_root_hash" in lineage["data"]
-        assert read_pointer(root / POINTER)["current"] is not None  # no champion: the gate passed it
+        production = read_pointer(root / POINTER)["current"]
+        assert production is not None  # no champion: the gate passed it
+        # The stack starts the service once production has a model; it answers with that model.
+        service = f"http://127.0.0.1:{ops['service_port']}"
+        deadline = time.monotonic() + 120
+        while not service_ready(service):
+            assert time.monotonic() < deadline, (root / ".ops/logs/service.log").read_text()[-3000:]
+            time.sleep(1)
+        image = next((root / "images/cat").iterdir())
+        answer = httpx.post(service + "/classify", files=[("images", (image.name, image.read_bytes(), "image/png"))],
+                            timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == production["model"], answer.text
     finally:
         assert ctrl_c(proc) == 0
-    assert port_is_free(ops["prefect_port"]) and port_is_free(ops["evidently_port"])
+    assert all(port_is_free(ops[port]) for port in ("prefect_port", "evidently_port", "service_port"))
 
     proc = start_ops(root, env)  # the same database: deployments and history are still there
     try:
@@ -108,7 +127,7 @@ def test_bad_operational_input_gets_one_line(tmp_path: Path):
     root = tmp_path / "p"
     root.mkdir()
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port()})
+    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port()})
 
     def with_ops(**ops) -> None:
         (root / "params.yaml").write_text(yaml.safe_dump({**raw, "ops": {**raw["ops"], **ops}}, sort_keys=False))

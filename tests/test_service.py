@@ -9,17 +9,12 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import bentoml
 import httpx
 import pytest
-import torch
 
 from service.access import TOKEN_ENV
 from service.admission import MAX_IN_FLIGHT_ENV
@@ -27,121 +22,35 @@ from tasks import package
 from tasks.common.config import UserError
 from tasks.common.files import sha256
 from tasks.data.images import open_rgb
-from tasks.model.backbones import create_backbone, pooled_features
-from tasks.model.bundle import fit_projection, load_bundle, save_bundle
-from tasks.model.lineage import KEYS, TRIGGER_ENV
-from tasks.model.transforms import eval_transform
+from tasks.model.bundle import load_bundle
+from tasks.model.lineage import KEYS
 from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tests.conftest import make_params, write_image_set
+from tests.serving import IMAGE_SIZE, bentoml_serve, package_once
 
-CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog images green
-IMAGE_SIZE = 32
-TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperature
 TOKEN = "test-token-7f3a"
 MAX_IN_FLIGHT = 48  # above the 32 concurrent requests of the batching test, below the overload test's burst
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRAFFIC = "traffic"  # relative: the service resolves it against the folder `bentoml serve` started in
 
 
-def write_evaluated_bundle(workdir: Path) -> None:
-    """What train + evaluate leave behind: models/, metrics.json and the training split."""
-    paths = write_image_set(workdir / "images", CLASSES, seed=0)
-    labels = sorted(CLASSES)
-    torch.manual_seed(0)
-    backbone = create_backbone("tf_efficientnet_lite0", "imagenet", num_classes=len(labels))
-    model = backbone.model.eval()
-    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std, backbone.crop_pct)
-    with torch.no_grad():
-        features = pooled_features(model, torch.stack([transform(open_rgb(p)) for p in paths]))
-    targets = torch.tensor([labels.index(p.parent.name) for p in paths])
-    head = model.get_classifier()  # fit only the head, on frozen features: a second on CPU
-    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
-    for _ in range(100):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(head(features), targets).backward()
-        optimizer.step()
-    meta = {
-        "labels": labels,
-        "backbone": "tf_efficientnet_lite0",
-        "image_size": IMAGE_SIZE,
-        "mean": list(backbone.mean),
-        "std": list(backbone.std),
-        "crop_pct": backbone.crop_pct,
-        "temperature": TEMPERATURE,
-    }
-    save_bundle(workdir / "models", model, meta, fit_projection(features.detach()))
-
-    (workdir / "reports/evaluate").mkdir(parents=True)
-    metrics = {"accuracy": 1.0, "macro_f1": 1.0, "test_images": 16, "per_class": {}}
-    (workdir / "reports/evaluate/metrics.json").write_text(json.dumps(metrics))
-    (workdir / "data/split").mkdir(parents=True)
-    rows = "".join(f"{p.relative_to(workdir)},{p.parent.name}\n" for p in paths)
-    (workdir / "data/split/train.csv").write_text("file,label\n" + rows)
-
-
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory) -> dict:
     """The package stage run once, with BENTOML_HOME in a temporary folder."""
-    workdir = tmp_path_factory.mktemp("service")
-    write_evaluated_bundle(workdir)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BENTOML_HOME", str(workdir / "bentoml"))
-        mp.delenv("IMAGE_CLASSIFIER_MODEL", raising=False)
-        mp.setenv(TRIGGER_ENV, "schedule")
-        started = time.perf_counter()
-        result = package.run(make_params(), workdir)
-        print(f"package stage: {time.perf_counter() - started:.1f} s")
-    report = json.loads((workdir / "reports/package/bento.json").read_text())
-    return {"workdir": workdir, "result": result, "report": report}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return package_once(tmp_path_factory.mktemp("service"))
 
 
 @pytest.fixture(scope="module")
 def server(packaged: dict):
     """`bentoml serve <bento>` on 127.0.0.1, started in the work folder; stopped after the module."""
-    workdir, report = packaged["workdir"], packaged["report"]
-    port = free_port()
     env = {
-        **os.environ,
-        "BENTOML_HOME": report["bentoml_home"],
-        "BENTOML_DO_NOT_TRACK": "True",
         "IMAGE_CLASSIFIER_TRAFFIC_DIR": TRAFFIC,
         TOKEN_ENV: TOKEN,  # every test below sends it; test_a_token_guards_the_api_not_the_health_checks checks it
         MAX_IN_FLIGHT_ENV: str(MAX_IN_FLIGHT),
     }
-    env.pop("IMAGE_CLASSIFIER_MODEL", None)
-    log = (workdir / "serve.log").open("w")
-    cmd = [sys.executable, "-m", "bentoml", "serve", report["bento_tag"], "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{(workdir / 'serve.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > 120:
-                pytest.fail(f"service not ready after 120 s:\n{(workdir / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        print(f"server ready after {time.perf_counter() - started:.1f} s")
+    with bentoml_serve(packaged, env) as url:
+        workdir = packaged["workdir"]
         yield {"url": url, "traffic": workdir / TRAFFIC, "workdir": workdir}
-    finally:
-        proc.terminate()  # the server stops its workers on SIGTERM
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group started above: server and workers
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -310,15 +219,13 @@ def test_bad_input_is_a_4xx_json_error(server: dict, samples: dict[str, Path], c
 
 @pytest.mark.slow
 def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[str, Path]):
-    """Concurrent requests share forward passes: BentoML's histogram of calls merged per forward pass."""
+    """Concurrent requests share forward passes: the service's histogram of images per forward pass."""
 
     def batch_stats() -> tuple[float, float]:
         text = httpx.get(server["url"] + "/metrics", timeout=10, headers=AUTH).text
         found = {
-            kind: sum(float(v) for v in re.findall(
-                rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ClassifierModel"[^}}]*}} (\S+)$',
-                text, re.M,
-            ))
+            kind: sum(float(v) for v in re.findall(rf"^image_classifier_batch_images_{kind}(?:{{[^}}]*}})? (\S+)$",
+                                                 text, re.M))
             for kind in ("sum", "count")
         }
         return found["sum"], found["count"]
@@ -332,37 +239,37 @@ def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[st
             ))
         return [r.status_code for r in responses]
 
-    requests_before, passes_before = batch_stats()
+    images_before, passes_before = batch_stats()
     started = time.perf_counter()
     codes = asyncio.run(burst(32))
     print(f"32 concurrent requests: {time.perf_counter() - started:.2f} s")
-    requests_after, passes_after = batch_stats()
+    images_after, passes_after = batch_stats()
 
     assert codes == [200] * 32
-    # The API coalesces concurrent requests into few calls, which BentoML's batcher may merge further:
+    assert images_after - images_before == 32
+    # Each API worker sends the images that arrive while its forward pass runs together in the next:
     # 32 requests take far fewer forward passes than 32.
-    assert 1 <= passes_after - passes_before <= requests_after - requests_before < 32 // 2
+    assert 1 <= passes_after - passes_before < 32 // 2
 
 
 @pytest.mark.slow
 def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]):
-    def logged_rows() -> list[dict]:
-        rows = []
+    def logged_rows() -> dict[Path, list[dict]]:
+        """Rows per log file: each API worker writes its own."""
+        rows = {}
         for path in sorted(server["traffic"].rglob("*.log")):
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                if all(col in record for col in FEATURE_COLUMNS + PREDICTION_COLUMNS):
-                    rows.append(record)
+            records = [json.loads(line) for line in path.read_text().splitlines()]
+            rows[path] = [r for r in records if all(col in r for col in FEATURE_COLUMNS + PREDICTION_COLUMNS)]
         return rows
 
-    before = len(logged_rows())
+    before = logged_rows()
     resp = classify(server["url"], [upload(samples["cat"], "cat.png"), upload(samples["dog"], "dog.png")])
     assert resp.status_code == 200, resp.text
     assert post(server["url"], **form(("images", TEXT))).status_code == 400  # not logged
 
-    rows = logged_rows()
-    assert len(rows) == before + 2
-    cat, dog = rows[-2:]
+    new = [row for path, rows in logged_rows().items() for row in rows[len(before.get(path, [])):]]
+    assert len(new) == 2
+    cat, dog = new
     assert (cat["prediction"], dog["prediction"]) == ("cat", "dog")
     assert cat["width"] == cat["height"] == 16.0 and 0 <= cat["brightness"] <= 1
     assert 0.5 < dog["confidence"] <= 1 and cat["request_id"] == dog["request_id"]

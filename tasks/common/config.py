@@ -248,6 +248,7 @@ class OpsParams(Section):
     host: str
     prefect_port: StrictInt = Field(ge=1, le=65535)
     evidently_port: StrictInt = Field(ge=1, le=65535)
+    service_port: StrictInt = Field(ge=1, le=65535)
     timezone: str
     work_pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data_check_seconds: StrictInt = Field(ge=10)
@@ -265,8 +266,9 @@ class OpsParams(Section):
 
     @model_validator(mode="after")
     def _ports(self) -> "OpsParams":
-        if self.prefect_port == self.evidently_port:
-            raise ValueError("prefect_port and evidently_port must differ")
+        ports = [self.prefect_port, self.evidently_port, self.service_port]
+        if len(set(ports)) < len(ports):
+            raise ValueError("prefect_port, evidently_port and service_port must differ")
         return self
 
 

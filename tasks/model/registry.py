@@ -18,6 +18,10 @@ import yaml
 from tasks.common.config import UserError
 from tasks.common.files import write_text_atomic
 
+# Set to the pointer's path, the service serves the production model it names and switches to each
+# new one (service/service.py); `python -m tasks.production serve` sets it.
+FOLLOW_ENV = "IMAGE_CLASSIFIER_FOLLOW"
+
 
 def read_pointer(path: Path) -> dict:
     """The pointer file; a missing file means no production model yet."""

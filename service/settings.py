@@ -1,0 +1,92 @@
+"""The service's settings: which model, where the traffic goes, how many workers and threads.
+
+Read from the environment (service/service.py lists the variables) and from the served folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bentoml
+import psutil
+
+import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is used)
+from tasks.common.config import load_params
+from tasks.common.paths import POINTER
+from tasks.model.registry import FOLLOW_ENV, current_model
+
+MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
+TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
+THREADS_ENV = "IMAGE_CLASSIFIER_MODEL_THREADS"
+API_WORKERS_ENV = "IMAGE_CLASSIFIER_API_WORKERS"
+
+
+def model_tag() -> str:
+    """The model to start with.
+
+    Following production: the pointer's production model, else the tag the Bento was built with.
+    Otherwise: the environment's choice, else the tag the Bento was built with, else the production
+    model (tasks/model/registry.py), else the newest version. params.yaml is that of the served
+    folder: the project root, or the copy a Bento carries.
+    """
+    built_with = getattr(bentoml.use_arguments(), "model", None)
+    followed = follow_pointer()
+    if followed:
+        return current_model(followed) or built_with or f"{load_params().package.model_name}:latest"
+    return (os.environ.get(MODEL_ENV) or built_with or current_model(launch_dir() / POINTER)
+            or f"{load_params().package.model_name}:latest")
+
+
+def follow_pointer() -> Path | None:
+    """The pointer file to follow (IMAGE_CLASSIFIER_FOLLOW), or None for a fixed model."""
+    value = os.environ.get(FOLLOW_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else launch_dir() / path
+
+
+def model_path(tag: str) -> Path:
+    """Where the local BentoML store keeps model `tag`'s files."""
+    return Path(bentoml.models.get(tag).path)
+
+
+def api_workers() -> int:
+    """API worker processes (IMAGE_CLASSIFIER_API_WORKERS, default 2).
+
+    An API worker spends more CPU per request on HTTP, multipart parsing and logging than the
+    model spends per image, so one API worker left the model worker waiting (docs/performance.md).
+    """
+    return int(os.environ.get(API_WORKERS_ENV) or 2)
+
+
+def model_threads() -> int:
+    """CPU threads for the forward pass: all cores but the one the API worker needs, unless set.
+
+    Two processes each running one thread per core oversubscribe the machine: on 2 cores the
+    forward pass costs 1.7 ms of CPU per image with one thread and 2.7 ms with two.
+    """
+    if os.environ.get(THREADS_ENV):
+        return int(os.environ[THREADS_ENV])
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def launch_dir() -> Path:
+    """The folder `bentoml serve` was started in.
+
+    Serving a built Bento, BentoML moves each worker into the Bento's copy of the sources
+    (`<bento>/src`, next to bento.yaml) before it imports this module; the server process that
+    started the worker stays where it was started.
+    """
+    cwd = Path.cwd()
+    if (cwd.parent / "bento.yaml").is_file():
+        try:
+            return Path(psutil.Process().parent().cwd())
+        except (psutil.Error, AttributeError):  # no parent (None) or not ours to inspect
+            pass
+    return cwd
+
+
+def traffic_dir() -> Path:
+    folder = Path(os.environ.get(TRAFFIC_ENV) or load_params().monitor.traffic_dir).expanduser()
+    return folder if folder.is_absolute() else launch_dir() / folder

@@ -1,0 +1,118 @@
+"""Helpers for the tests that serve a real Bento: a fitted bundle, the package stage, `bentoml serve`."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from tasks import package
+from tasks.data.images import open_rgb
+from tasks.model.backbones import create_backbone, pooled_features
+from tasks.model.bundle import fit_projection, save_bundle
+from tasks.model.lineage import TRIGGER_ENV
+from tasks.model.transforms import eval_transform
+from tests.conftest import free_port, make_params, write_image_set
+
+CLASSES = {"cat": 8, "dog": 8}  # conftest colours: cat images are red, dog images green
+IMAGE_SIZE = 32
+TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperature
+
+
+def write_evaluated_bundle(workdir: Path, temperature: float = TEMPERATURE) -> None:
+    """What train + evaluate leave behind: models/, metrics.json and the training split."""
+    paths = write_image_set(workdir / "images", CLASSES, seed=0)
+    labels = sorted(CLASSES)
+    torch.manual_seed(0)
+    backbone = create_backbone("tf_efficientnet_lite0", "imagenet", num_classes=len(labels))
+    model = backbone.model.eval()
+    transform = eval_transform(IMAGE_SIZE, backbone.mean, backbone.std, backbone.crop_pct)
+    with torch.no_grad():
+        features = pooled_features(model, torch.stack([transform(open_rgb(p)) for p in paths]))
+    targets = torch.tensor([labels.index(p.parent.name) for p in paths])
+    head = model.get_classifier()  # fit only the head, on frozen features: a second on CPU
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+    for _ in range(100):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(features), targets).backward()
+        optimizer.step()
+    meta = {
+        "labels": labels,
+        "backbone": "tf_efficientnet_lite0",
+        "image_size": IMAGE_SIZE,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "crop_pct": backbone.crop_pct,
+        "temperature": temperature,
+    }
+    save_bundle(workdir / "models", model, meta, fit_projection(features.detach()))
+
+    (workdir / "reports/evaluate").mkdir(parents=True, exist_ok=True)
+    metrics = {"accuracy": 1.0, "macro_f1": 1.0, "test_images": 16, "per_class": {}}
+    (workdir / "reports/evaluate/metrics.json").write_text(json.dumps(metrics))
+    (workdir / "data/split").mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{p.relative_to(workdir)},{p.parent.name}\n" for p in paths)
+    (workdir / "data/split/train.csv").write_text("file,label\n" + rows)
+
+
+def package_once(workdir: Path) -> dict:
+    """The package stage run once, with BENTOML_HOME in `workdir`: its result and reports/package/bento.json."""
+    write_evaluated_bundle(workdir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(workdir / "bentoml"))
+        mp.delenv("IMAGE_CLASSIFIER_MODEL", raising=False)
+        mp.setenv(TRIGGER_ENV, "schedule")
+        started = time.perf_counter()
+        result = package.run(make_params(), workdir)
+        print(f"package stage: {time.perf_counter() - started:.1f} s")
+    report = json.loads((workdir / "reports/package/bento.json").read_text())
+    return {"workdir": workdir, "result": result, "report": report}
+
+
+@contextlib.contextmanager
+def bentoml_serve(packaged: dict, env: dict, log_name: str = "serve.log"):
+    """`bentoml serve <bento>` on 127.0.0.1, started in the work folder with `env` added; its URL.
+
+    Stopped on exit: SIGTERM (the server stops its workers), then SIGKILL to the group if it hangs.
+    """
+    workdir, report = packaged["workdir"], packaged["report"]
+    port = free_port()
+    full_env = {**os.environ, "BENTOML_HOME": report["bentoml_home"], "BENTOML_DO_NOT_TRACK": "True", **env}
+    full_env.pop("IMAGE_CLASSIFIER_MODEL", None)
+    log_path = workdir / log_name
+    log = log_path.open("w")
+    cmd = [sys.executable, "-m", "bentoml", "serve", report["bento_tag"], "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - started > 120:
+                pytest.fail(f"service not ready after 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        print(f"server ready after {time.perf_counter() - started:.1f} s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group started above: server and workers
+            proc.wait()
+        log.close()
