@@ -22,7 +22,7 @@ from prefect.states import Failed
 from flows.events import announce_drift
 from tasks.common.config import Params, UserError, load_params
 from tasks.common.files import sha256
-from tasks.common.paths import MODEL_DIR, POINTER, split_csv
+from tasks.common.paths import MODEL_DIR, POINTER, STORE_ARCHIVES, split_csv
 from tasks.data.splits import read_split
 from tasks.model.bundle import load_bundle
 from tasks.model.registry import check_in_store, model_dir, read_pointer
@@ -42,7 +42,7 @@ def serving_model(root: Path) -> tuple[str, Path]:
     entry = read_pointer(root / POINTER)["current"]
     if entry is None:
         return str(MODEL_DIR), root / MODEL_DIR
-    check_in_store(entry["model"])
+    check_in_store(entry["model"], archives=root / STORE_ARCHIVES)
     return entry["model"], model_dir(entry["model"])
 
 

@@ -8,8 +8,10 @@ ephemeral API: no server to start.
     python -m flows.pipeline train      # only the stages up to and including train
 
 After the stages, the flow promotes the packaged challenger to production (tasks/production.py)
-when the gate stage passed it, and stops before promotion when the gate refused it. The gate's
-decision and the evaluation report are Prefect artifacts.
+when the gate stage passed it, and stops before promotion when the gate refused it. Then it pushes
+the data, every stage output and the production archives (deploy/store) to the project's default
+DVC remote, so another machine's `dvc pull` gets them. The gate's decision and the evaluation
+report are Prefect artifacts.
 """
 from __future__ import annotations
 
@@ -129,10 +131,31 @@ def promote_challenger(repo_dir: Path) -> str:
     return f"promoted {entry['model']}"
 
 
+@task(name="dvc-push")
+def push_outputs(repo_dir: Path) -> str:
+    """`dvc push` to the project's default remote: data, stage outputs and deploy/store, for every
+    other machine's `dvc pull`. Without a default remote there is nothing to push to."""
+    with contextlib.chdir(repo_dir), Repo(str(repo_dir)) as repo:
+        remote = repo.config["core"].get("remote")
+        if not remote:
+            get_run_logger().warning("no default DVC remote: outputs stay in this machine's DVC cache "
+                                     "(dvc remote add -d NAME URL to share them)")
+            return "not pushed: no default DVC remote"
+        try:
+            pushed = repo.push()
+        except DvcException as err:
+            get_run_logger().error("dvc push to %s failed: %s", remote, root_cause(err))
+            return Failed(message=f"dvc push to remote {remote!r} failed: {root_cause(err)}; "
+                                  "run dvc push once it is reachable")
+    get_run_logger().info("dvc push: %d files to remote %s", pushed, remote)
+    return f"{pushed} files pushed to remote {remote}"
+
+
 @flow(name="image-classification-pipeline")
-def pipeline(repo_dir: str = ".", until: str | None = None, promote: bool = True):
+def pipeline(repo_dir: str = ".", until: str | None = None, promote: bool = True, push: bool = True):
     """Run every dvc.yaml stage in order (or up to `until`); stop at the first failure. Then, with
-    `promote`, move production to the new model if the gate passed it."""
+    `promote`, move production to the new model if the gate passed it, and with `push`, send every
+    output to the default DVC remote."""
     root = Path(repo_dir).resolve()
     logging.getLogger("dvc").setLevel(logging.WARNING)  # the task logs ran/skipped itself
     # DVC runs `python -m tasks.<stage>`: make that the interpreter running this flow.
@@ -164,6 +187,11 @@ def pipeline(repo_dir: str = ".", until: str | None = None, promote: bool = True
             summary["promote"] = state.result()
         else:
             summary["promote"] = f"not promoted ({decision['verdict']}): {'; '.join(decision['reasons'])}"
+    if push:
+        state = push_outputs(root, return_state=True)
+        if state.is_failed():
+            return Failed(message=state.message)
+        summary["push"] = state.result()
     return summary
 
 

@@ -14,8 +14,8 @@ import psutil
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is used)
 from tasks.common.config import load_params
-from tasks.common.paths import POINTER
-from tasks.model.registry import FOLLOW_ENV, current_model
+from tasks.common.paths import POINTER, STORE_ARCHIVES
+from tasks.model.registry import FOLLOW_ENV, check_in_store, current_model
 
 MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
 TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
@@ -49,7 +49,11 @@ def follow_pointer() -> Path | None:
 
 
 def model_path(tag: str) -> Path:
-    """Where the local BentoML store keeps model `tag`'s files."""
+    """Where the local BentoML store keeps model `tag`'s files. A model this machine's store lacks
+    comes from the archives beside the followed pointer (deploy/store, brought by `dvc pull`)."""
+    pointer = follow_pointer()
+    if pointer is not None:
+        check_in_store(tag, archives=pointer.parent / STORE_ARCHIVES.name)
     return Path(bentoml.models.get(tag).path)
 
 

@@ -27,12 +27,12 @@ from scipy.stats import binomtest
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, UserError
 from tasks.common.files import sha256
-from tasks.common.paths import DECISION_JSON, MODEL_DIR, POINTER, PREDICTIONS_CSV
+from tasks.common.paths import DECISION_JSON, MODEL_DIR, POINTER, PREDICTIONS_CSV, STORE_ARCHIVES
 from tasks.data.splits import read_split
 from tasks.evaluation.predict import predict_files
 from tasks.model.bundle import WEIGHTS_FILE, load_bundle
 from tasks.model.device import pick_device
-from tasks.model.registry import read_pointer
+from tasks.model.registry import check_in_store, read_pointer
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -101,11 +101,8 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
 
 def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) -> np.ndarray:
     """Per-image correctness of the production model on the test split."""
-    try:
-        model = bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        raise UserError(f"the production model {tag} ({POINTER}) is not in this machine's BentoML store; import "
-                        "it (bentoml models import) or roll back (python -m tasks.production rollback)") from None
+    check_in_store(tag, archives=workdir / STORE_ARCHIVES)  # from deploy/store when this machine lacks it
+    model = bentoml.models.get(tag)
     bundle = load_bundle(model.path, device=pick_device(params.train.device))
     logits, _, _ = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
     predicted = np.array(bundle.labels)[logits.argmax(1)]  # a class the champion lacks is simply never right

@@ -16,6 +16,10 @@ before the promotion.
     python -m tasks.production serve         # serve production on ops.host:ops.service_port, following
                                              # every promotion and rollback (--host, --port to override)
 
+Promotion also exports the model's Bento to deploy/store/ and records that folder with `dvc add`
+(deploy/store.dvc), so after `git pull` and `dvc pull` another machine imports production from there
+into its own BentoML store when it first needs it (tasks/model/registry.py).
+
 `show` reads each entry's lineage (data and split hashes, git commit, params hash, trigger; see
 tasks/model/lineage.py) from the model's metadata in the BentoML store ($BENTOML_HOME, else
 ~/bentoml), so it answers "what data and code made the model we serve, and the ones before it".
@@ -23,6 +27,7 @@ tasks/model/lineage.py) from the model's metadata in the BentoML store ($BENTOML
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,9 +35,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks.common.config import UserError, load_params
-from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER
+from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER, STORE_ARCHIVES
 from tasks.model.lineage import format_lineage
-from tasks.model.registry import FOLLOW_ENV, check_in_store, model_metadata, read_pointer, store_home, write_pointer
+from tasks.model.registry import (
+    FOLLOW_ENV,
+    archive_bento,
+    check_in_store,
+    model_metadata,
+    read_pointer,
+    store_home,
+    write_pointer,
+)
 
 
 def promote(workdir: Path = Path("."), force: bool = False) -> dict:
@@ -51,7 +64,10 @@ def promote(workdir: Path = Path("."), force: bool = False) -> dict:
     if not decision["passed"] and not force:
         raise UserError(f"the gate refused this challenger: {'; '.join(decision['reasons'])}. "
                         "Promote only what passes (or pass --force to overrule the gate)")
-    check_in_store(package["model_tag"], package.get("bentoml_home"))
+    home = package.get("bentoml_home")
+    check_in_store(package["model_tag"], home, workdir / STORE_ARCHIVES)
+    archive_bento(package["model_tag"], package["bento_tag"], home, workdir / STORE_ARCHIVES)
+    track_archives(workdir)
     entry = {
         "model": package["model_tag"], "bento": package["bento_tag"], "weights_sha256": judged,
         "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -70,7 +86,7 @@ def rollback(workdir: Path = Path(".")) -> dict | None:
         raise UserError(f"nothing to roll back to: {POINTER} records no earlier production model")
     back, *rest = pointer["previous"]
     if back is not None:
-        check_in_store(back["model"])
+        check_in_store(back["model"], archives=workdir / STORE_ARCHIVES)
     write_pointer(workdir / POINTER, {"current": back, "previous": rest})
     return back
 
@@ -82,6 +98,8 @@ def show(workdir: Path = Path("."), home: str | Path | None = None) -> dict:
     def with_lineage(entry: dict | None) -> dict | None:
         if entry is None:
             return None
+        with contextlib.suppress(UserError):  # not to be had here: shown as not in the store
+            check_in_store(entry["model"], home, workdir / STORE_ARCHIVES)
         metadata = model_metadata(entry["model"], home)
         saved = metadata or {}
         return {**entry, "in_store": metadata is not None,
@@ -115,6 +133,16 @@ def describe(shown: dict, home: str | Path | None = None) -> str:
     return "\n\n".join(blocks)
 
 
+def track_archives(workdir: Path) -> None:
+    """`dvc add deploy/store`: DVC versions the archives and `dvc push` takes them to the remote."""
+    if not (workdir / ".dvc").is_dir():
+        raise UserError(f"{workdir.resolve()} is not a DVC project; promote from the project's root")
+    from dvc.repo import Repo  # only promotion needs DVC here
+
+    with contextlib.chdir(workdir), Repo(".") as repo:  # DVC resolves paths against the working directory
+        repo.add(str(STORE_ARCHIVES))
+
+
 def production_bento(workdir: Path = Path(".")) -> str:
     """The Bento of the production model; UserError when there is none yet."""
     entry = read_pointer(workdir / POINTER)["current"]
@@ -131,10 +159,11 @@ def serve_command(host: str, port: int, workdir: Path = Path(".")) -> tuple[list
     code) needs a restart.
     """
     bento = production_bento(workdir)
+    check_in_store(read_pointer(workdir / POINTER)["current"]["model"], archives=workdir / STORE_ARCHIVES)
     name, _, version = bento.partition(":")
     if not (store_home() / "bentos" / name / version / "bento.yaml").is_file():
         raise UserError(f"Bento {bento} is not in the BentoML store under {store_home()}; "
-                        "rebuild it (dvc repro package) or bring it over with bentoml import")
+                        "run dvc pull (it brings deploy/store), or rebuild it with dvc repro package")
     cmd = [sys.executable, "-m", "bentoml", "serve", bento, "--host", host, "--port", str(port)]
     return cmd, {**os.environ, FOLLOW_ENV: str((workdir / POINTER).resolve())}
 

@@ -8,7 +8,8 @@ Reads data/split/{train,val}.csv and writes
     reports/train/curves.png, summary.json
 Read top to bottom: `train` sets the run up, resumes it if it was interrupted, fits it epoch by
 epoch and finishes it. The engine (strategies, batches, the step, the optimizer, checkpoints) is in
-tasks/training/. Under `torchrun` it trains data-parallel (tasks/training/distributed.py).
+tasks/training/. With `train.processes` (or `train.nodes`) above 1 the stage starts itself under
+torchrun and trains data-parallel (tasks/training/distributed.py).
 """
 from __future__ import annotations
 
@@ -33,7 +34,16 @@ from tasks.model.transforms import batch_mix
 from tasks.training import checkpoint
 from tasks.training.batches import TensorBatches
 from tasks.training.curves import plot_curves
-from tasks.training.distributed import World, join_world, leave_world
+from tasks.training.distributed import (
+    World,
+    join_world,
+    launch,
+    launched,
+    leave_world,
+    node_rank,
+    process_count,
+    torchrun_command,
+)
 from tasks.training.inputs import TrainContext, as_is, cached_images, embed, image_inputs, probe_features
 from tasks.training.loop import RunState, calibrate, seed_epoch, train_epoch, validate
 from tasks.training.optim import EarlyStopping, make_loss, make_optimizer, make_schedule, sample_weights
@@ -43,6 +53,18 @@ from tasks.training.strategies import layer_groups, param_groups, set_trainable,
 HISTORY_CSV = Path("reports/train/history.csv")
 SUMMARY_JSON = Path("reports/train/summary.json")
 METRIC_COLUMNS = {"accuracy": "val_acc", "macro_f1": "val_macro_f1", "loss": "val_loss"}
+
+
+def run_or_launch(params: Params, workdir: Path = Path(".")) -> dict:
+    """The stage as DVC runs it: in this process, or in train.processes processes on each of
+    train.nodes machines under torchrun, each of which reads the same params.yaml and runs `run`."""
+    processes = process_count(params.train.processes)
+    if launched() or processes * params.train.nodes == 1:
+        return run(params, workdir)
+    launch(torchrun_command(processes, "tasks.train", params.train.nodes, params.train.rendezvous), workdir)
+    if not (workdir / SUMMARY_JSON).is_file():  # another node holds the first process and its outputs
+        return {"node": node_rank(), "nodes": params.train.nodes, "outputs": "written on node 0"}
+    return json.loads((workdir / SUMMARY_JSON).read_text())
 
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
@@ -139,6 +161,13 @@ def resume(ctx: TrainContext, state: RunState, run_fingerprint: str) -> None:
     """Load the last checkpoint of this exact run (same params, data and code), if there is one."""
     ckpt_dir = ctx.workdir / checkpoint.CHECKPOINT_DIR
     saved = checkpoint.resumable(ckpt_dir, run_fingerprint)
+    if ctx.world.size > 1:  # every process resumes from the same epoch, or none does
+        epoch = torch.tensor([saved["epoch"] if saved else -1], device=ctx.device)
+        if ctx.world.sum(epoch.clone()).item() != epoch.item() * ctx.world.size:
+            if ctx.world.main:
+                print("train: the processes found different checkpoints (machines without a shared "
+                      "checkpoints/ folder?); starting afresh")
+            saved = None
     if saved is None:
         return
     state.load_state_dict(saved, ctx.device, ctx.cfg.epochs)
@@ -249,4 +278,4 @@ def names_in(trained: nn.Module, model: nn.Module, groups: list[list[str]]) -> l
 
 
 if __name__ == "__main__":
-    run_stage("train", run)
+    run_stage("train", run_or_launch)

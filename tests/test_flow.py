@@ -71,10 +71,14 @@ def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, m
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     repo = scratch_repo(tmp_path, {"cat": 10, "dog": 10, "fox": 10})
     stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    remote = tmp_path / "storage"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "storage", str(remote)], cwd=repo, check=True)
 
     first = pipeline(repo_dir=str(repo))
     package = json.loads((repo / "reports/package/bento.json").read_text())
+    pushed = int(first.pop("push").removesuffix(" files pushed to remote storage"))
     assert first == {**{stage: "ran" for stage in stages}, "promote": f"promoted {package['model_tag']}"}
+    assert pushed > 0 and len([f for f in remote.rglob("*") if f.is_file()]) == pushed
     for artifact in [
         "data/manifest.csv", "reports/validate/data_docs/index.html", "data/clean/quarantine.csv",
         "data/split/test.csv", "models/model.safetensors", "reports/evaluate/confusion_matrix.png",

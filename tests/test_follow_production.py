@@ -171,5 +171,6 @@ def test_serve_without_a_production_model_or_its_bento_says_what_to_do(tmp_path:
     write_pointer(tmp_path / POINTER, {"current": production, "previous": []})
     refused = serve()
     assert refused.returncode == 2 and refused.stderr.splitlines() == [
-        "production: error: Bento image-classifier-service:abc is not in the BentoML store under "
-        f"{tmp_path / 'bentoml'}; rebuild it (dvc repro package) or bring it over with bentoml import"]
+        "production: error: model image-classifier:abc is not in the BentoML model store under "
+        f"{tmp_path / 'bentoml'}, nor archived as deploy/store/image-classifier-abc.bento.tar.gz; run dvc pull "
+        "(it brings deploy/store), or roll back"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,6 +79,7 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     before = b'{\n  "current": null,\n  "previous": []\n}\n'
     (tmp_path / paths.POINTER).parent.mkdir()
     (tmp_path / paths.POINTER).write_bytes(before)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
 
     # A first model: no champion, so it passes and becomes production.
     train.run(params, tmp_path)
@@ -92,6 +95,11 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     report = json.loads((tmp_path / paths.PACKAGE_JSON).read_text())
     shown = production.show(tmp_path, report["bentoml_home"])  # production's lineage, from the model store
     assert shown["current"]["lineage"] == report["metadata"]["lineage"]
+    # Promotion archived its Bento (model inside) for other machines, tracked by DVC.
+    assert (tmp_path / registry.archive_path(entry["model"])).is_file() and (tmp_path / "deploy/store.dvc").is_file()
+    other_machine = tmp_path / "other-bentoml"  # an empty store: production comes from the archive
+    assert production.show(tmp_path, other_machine)["current"]["lineage"] == report["metadata"]["lineage"]
+    assert (other_machine / "bentos" / entry["bento"].replace(":", "/") / "bento.yaml").is_file()
     promoted = (tmp_path / paths.POINTER).read_bytes()
 
     # The same weights again: the gate says so and promotion changes nothing.
@@ -125,7 +133,7 @@ def test_gate_names_a_production_model_missing_from_the_store(tmp_path, image_ro
     evaluate.run(params, tmp_path)
     registry.write_pointer(tmp_path / paths.POINTER, {
         "current": {"model": "image-classifier:gone", "weights_sha256": "0" * 64}, "previous": []})
-    with pytest.raises(UserError, match="image-classifier:gone .* is not in this machine's BentoML store"):
+    with pytest.raises(UserError, match="model image-classifier:gone is not in the BentoML model store .* nor archived as .*deploy/store/"):
         gate.run(params, tmp_path)
 
 

@@ -175,23 +175,6 @@ def test_the_fingerprint_covers_the_code_training_runs_and_a_broken_checkpoint_i
     assert "last.pt cannot be read" in err and "starting afresh" in err
 
 
-@pytest.mark.slow
-def test_data_parallel_training_with_two_cpu_processes(tmp_path):
-    write_splits(tmp_path, {"train": 8, "val": 5})  # 24 training images, 15 validation images
-    params = train_params(batch_size=4, device="cpu")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    process = start_stage(tmp_path, params, *torchrun)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    summary = yaml.safe_load((tmp_path / train.SUMMARY_JSON).read_text())
-    assert summary["processes"] == 2
-    assert summary["steps_per_epoch"] == 3  # each process takes 12 of the 24 images, 4 per step
-    assert list(history(tmp_path)["epoch"]) == [1, 2]
-    # Validation figures are summed over both processes: 15 images, so accuracy is a multiple of 1/15.
-    assert all(abs(acc * 15 - round(acc * 15)) < 1e-6 for acc in history(tmp_path)["val_acc"])
-    assert load_bundle(tmp_path / paths.MODEL_DIR).labels == ["cat", "dog", "fox"]
-
-
 def test_training_batches_keep_the_drawn_order_for_mixup_neighbours():
     # Rows of a CPU tensor are read in ascending order, but each batch arrives in the drawn random
     # order: MixUp and CutMix mix neighbours, so a sorted batch would mix mostly within one class.

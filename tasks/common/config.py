@@ -163,6 +163,9 @@ class TrainParams(Section):
     early_stopping: EarlyStoppingParams
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    processes: Literal["auto"] | int
+    nodes: int = Field(ge=1)
+    rendezvous: str | None
     input: Literal["auto", "cache", "loader"]
     num_workers: int = Field(ge=0)
     compile: bool
@@ -183,6 +186,27 @@ class TrainParams(Section):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise ValueError("must be auto (the largest batch that fits the GPU) or a whole number >= 1")
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("must be auto (one process per visible GPU) or a whole number >= 1")
+
+    @field_validator("rendezvous")
+    @classmethod
+    def _rendezvous(cls, value):
+        host, _, port = (value or "").rpartition(":")
+        if value is None or (host and port.isdigit()):
+            return value
+        raise ValueError("must be HOST:PORT of the first node (e.g. node0.example:29500), or null on one machine")
+
+    @model_validator(mode="after")
+    def _several_nodes_meet(self):
+        if self.nodes > 1 and self.rendezvous is None:
+            raise ValueError("nodes above 1 need rendezvous: HOST:PORT of the first node")
+        return self
 
     @field_validator("eval_crop_pct", mode="before")
     @classmethod

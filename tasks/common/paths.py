@@ -36,6 +36,9 @@ PACKAGE_JSON = Path("reports/package/bento.json")
 
 # the production pointer: written by promotion, read by the gate and the service
 POINTER = Path("deploy/production.json")
+# every promoted model's Bento as an archive (DVC-tracked: deploy/store.dvc), so any machine that
+# pulls finds production in its BentoML store (tasks/model/registry.py)
+STORE_ARCHIVES = Path("deploy/store")
 
 # caches that live beside the outputs, never versioned (.gitignore)
 CACHE_DIR = Path(".cache")

@@ -6,17 +6,25 @@ An entry names a BentoML model and the Bento that serves it, with the evidence i
 Promotion and rollback (tasks/production.py) write the pointer; the gate and the service read it.
 The store is read from its folder layout (<home>/models/<name>/<version>/model.yaml) rather than
 through BentoML, which fixes its home once per process.
+
+A BentoML store belongs to one machine, so promotion also exports the model's Bento (which carries the
+model) to deploy/store/<model name>-<version>.bento.tar.gz, a folder DVC tracks and pushes. On another
+machine, after `git pull` and `dvc pull`, whatever needs a production model that its store lacks
+(the gate, `tasks.production show` and serve, the service, the monitor) imports it from there.
 """
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from tasks.common.config import UserError
 from tasks.common.files import write_text_atomic
+from tasks.common.paths import STORE_ARCHIVES
 
 # Set to the pointer's path, the service serves the production model it names and switches to each
 # new one (service/service.py); `python -m tasks.production serve` sets it.
@@ -61,11 +69,48 @@ def _model_yaml(tag: str, home: str | Path | None) -> Path:
     return model_dir(tag, home) / "model.yaml"
 
 
-def check_in_store(tag: str, home: str | Path | None = None) -> None:
-    """The model is in the BentoML store at `home` (default: $BENTOML_HOME, else ~/bentoml)."""
+def archive_path(tag: str, archives: Path = STORE_ARCHIVES) -> Path:
+    """Where promotion leaves the Bento that serves model `tag`, for other machines."""
+    name, _, version = tag.partition(":")
+    return archives / f"{name}-{version}.bento.tar.gz"  # gzip: the weights hardly compress, xz is slow
+
+
+def check_in_store(tag: str, home: str | Path | None = None, archives: Path = STORE_ARCHIVES) -> None:
+    """Model `tag` is in the BentoML store at `home` (default: $BENTOML_HOME, else ~/bentoml), imported
+    from its archive under `archives` (with its Bento) when this machine's store lacks it."""
+    if _model_yaml(tag, home).is_file():
+        return
+    archive = archive_path(tag, archives)
+    if not archive.is_file():
+        raise UserError(f"model {tag} is not in the BentoML model store under {store_home(home)}, nor archived "
+                        f"as {archive}; run dvc pull (it brings {archives}), or roll back")
+    _bentoml(["import", str(archive.resolve())], home, f"importing {archive}")
     if not _model_yaml(tag, home).is_file():
-        raise UserError(f"model {tag} is not in the BentoML model store under {store_home(home)}; "
-                        "bring it over with bentoml models export / import")
+        raise UserError(f"{archive} does not hold model {tag}; restore it with dvc checkout {archives}")
+
+
+def archive_bento(tag: str, bento: str, home: str | Path | None = None, archives: Path = STORE_ARCHIVES) -> Path:
+    """Export the Bento `bento` (with model `tag` inside) to the archive folder, once per model."""
+    target = archive_path(tag, archives)
+    if not target.is_file():
+        partial = target.with_name(f".partial{os.getpid()}-{target.name}")  # same suffix: BentoML reads it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a half-written archive never looks finished
+            _bentoml(["export", bento, str(partial.resolve())], home, f"exporting {bento}")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+    return target
+
+
+def _bentoml(args: list[str], home: str | Path | None, doing: str) -> None:
+    """The bentoml command line on the store at `home` (a child process: BentoML fixes its home once
+    per process, and the caller's may be another)."""
+    env = {**os.environ, "BENTOML_HOME": str(store_home(home)), "BENTOML_DO_NOT_TRACK": "True"}
+    done = subprocess.run([sys.executable, "-m", "bentoml", *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise UserError(f"{doing} failed: {last}")
 
 
 def model_metadata(tag: str, home: str | Path | None = None) -> dict | None:

@@ -1,0 +1,123 @@
+"""Data-parallel training from the pipeline itself: `train.processes: 2` and plain `dvc repro`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+
+from tasks import train
+from tasks.common.config import UserError
+from tasks.training import checkpoint
+from tasks.training.distributed import NODE_RANK_ENV, torchrun_command
+from tests.conftest import PROJECT_ROOT, make_params, write_image_set
+
+EPOCHS = 6
+
+
+def dvc_project(root: Path, **train_values) -> Path:
+    """A DVC project with the real dvc.yaml and code, reading 36 tiny images."""
+    root.mkdir()
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
+    for code in ("tasks", "service"):
+        shutil.copytree(PROJECT_ROOT / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["data"]["root"] = "images"
+    raw["train"].update({"device": "cpu", "image_size": 48, "batch_size": 4, "epochs": EPOCHS,
+                         "early_stopping": {"metric": "accuracy", "patience": 0, "min_delta": 0.0}, **train_values})
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_image_set(root / "images", {"cat": 12, "dog": 12, "fox": 12})
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    return root
+
+
+def repro(root: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", *args], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def training_workers(launcher: subprocess.Popen) -> list[psutil.Process]:
+    """The `python -m tasks.train` processes torchrun started under this command."""
+    found = []
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            parent = child.parent()
+            if child.cmdline()[-2:] == ["-m", "tasks.train"] and "torch.distributed.run" in parent.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_killed_worker(tmp_path):
+    root = dvc_project(tmp_path / "project", processes=2)
+    first = repro(root, "train")
+    last = root / checkpoint.CHECKPOINT_DIR / checkpoint.LAST
+    killed = None
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and killed is None:
+        if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1:
+            workers = training_workers(first)
+            if len(workers) == 2:
+                killed = workers[1]
+                killed.send_signal(signal.SIGKILL)
+        time.sleep(0.05)
+    output, _ = first.communicate(timeout=120)
+    assert killed is not None, output
+    assert first.returncode != 0, output
+    assert "train: error: training under torchrun failed" in output and "resume from the last epoch" in output
+    done = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= done < EPOCHS
+
+    second = repro(root, "train")
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    assert f"resuming from checkpoints/last.pt: epoch {done} of {EPOCHS} done" in output
+
+    summary = json.loads((root / train.SUMMARY_JSON).read_text())
+    split = {name: pd.read_csv(root / f"data/split/{name}.csv") for name in ("train", "val")}
+    assert summary["processes"] == 2
+    assert summary["steps_per_epoch"] == math.ceil(len(split["train"]) // 2 / 4)  # a shard each, 4 per step
+    history = pd.read_csv(root / train.HISTORY_CSV)
+    assert list(history["epoch"]) == list(range(1, EPOCHS + 1))
+    # Validation is summed over both processes: accuracy is a whole number of the val images.
+    n_val = len(split["val"])
+    assert all(abs(acc * n_val - round(acc * n_val)) < 1e-6 for acc in history["val_acc"])
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["processes"] == 2
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "train"], cwd=root, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_the_launch_command_for_one_machine_and_for_several(monkeypatch):
+    alone = torchrun_command(2, "tasks.train")
+    assert alone[-4:] == ["--nproc-per-node=2", "--standalone", "-m", "tasks.train"]
+    monkeypatch.setenv(NODE_RANK_ENV, "1")
+    second_node = torchrun_command(4, "tasks.train", nodes=2, rendezvous="node0.lan:29500")
+    assert second_node[3:-2] == ["--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=node0.lan",
+                                 "--master-port=29500"]
+    monkeypatch.setenv(NODE_RANK_ENV, "2")
+    with pytest.raises(UserError, match="TRAIN_NODE_RANK=2 but train.nodes is 2: number the machines 0 to 1"):
+        torchrun_command(4, "tasks.train", nodes=2, rendezvous="node0.lan:29500")
+
+
+def test_several_nodes_need_a_rendezvous():
+    with pytest.raises(UserError, match="train: nodes above 1 need rendezvous: HOST:PORT of the first node"):
+        make_params(train={"nodes": 2})
+    with pytest.raises(UserError, match="train.rendezvous: must be HOST:PORT"):
+        make_params(train={"nodes": 2, "rendezvous": "node0"})
+    with pytest.raises(UserError, match="train.processes: must be auto"):
+        make_params(train={"processes": 0})
