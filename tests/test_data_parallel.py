@@ -21,7 +21,7 @@ from tasks import train
 from tasks.common.config import UserError
 from tasks.training import checkpoint
 from tasks.training.distributed import NODE_RANK_ENV, torchrun_command
-from tests.conftest import PROJECT_ROOT, make_params, write_image_set
+from tests.conftest import PROJECT_ROOT, free_port, make_params, write_image_set
 
 EPOCHS = 6
 
@@ -100,6 +100,27 @@ def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_killed_worker(tmp
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["processes"] == 2
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "train"], cwd=root, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_the_rendezvous_and_node_0_gets_the_outputs(tmp_path):
+    port = free_port()
+    node0 = dvc_project(tmp_path / "node0", nodes=2, rendezvous=f"127.0.0.1:{port}", epochs=2)
+    done = repro(node0, "split")
+    assert done.wait(300) == 0, done.stdout.read()
+    node1 = tmp_path / "node1"  # another machine: the same commit, the data pulled
+    shutil.copytree(node0, node1)
+    env1 = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), NODE_RANK_ENV: "1"}
+    second = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=node1, env=env1, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = repro(node0, "train")
+    output0, _ = first.communicate(timeout=600)
+    output1, _ = second.communicate(timeout=120)
+    assert first.returncode == 0, output0
+    assert second.returncode == 0, output1
+    assert json.loads((node0 / train.SUMMARY_JSON).read_text())["processes"] == 2
+    assert 'train: {"node": 1, "nodes": 2, "outputs": "written on node 0"}' in output1
+    assert not (node1 / train.SUMMARY_JSON).exists() and not (node1 / "models").exists()
 
 
 def test_the_launch_command_for_one_machine_and_for_several(monkeypatch):

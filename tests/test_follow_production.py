@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import bentoml
 import httpx
 import pytest
 
 from tasks import package
-from tasks.common.paths import POINTER
+from tasks.common.paths import POINTER, STORE_ARCHIVES
 from tasks.model.bundle import META_FILE, WEIGHTS_FILE
-from tasks.model.registry import FOLLOW_ENV, write_pointer
+from tasks.model.registry import FOLLOW_ENV, archive_bento, model_dir, write_pointer
 from tasks.production import rollback
 from tests.conftest import PROJECT_ROOT, write_image_set
 from tests.serving import bentoml_serve, package_once
@@ -151,7 +152,35 @@ def test_a_production_model_that_fails_to_load_leaves_the_old_one_serving(follow
         assert resp.status_code == 200 and resp.json()["model"] == a
         assert httpx.get(url + "/readyz", timeout=10).status_code == 200
     log = following["log"].read_text()
-    assert f"production model {missing} could not be loaded, still serving {a}: NotFound" in log
+    assert (f"production model {missing} could not be loaded, still serving {a}: UserError: model {missing} is "
+            "not in the BentoML model store under") in log and "nor archived as" in log
+    write_pointer(following["pointer"], {"current": entry(a, report), "previous": []})
+
+
+def test_a_production_model_this_store_lacks_comes_from_deploy_store(following):
+    """As on a second machine after `git pull` and `dvc pull`: production names a model that is not in
+    the store, but its Bento is archived in deploy/store; the service imports it and switches."""
+    a, report, url, workdir = following["a"], following["report"], following["url"], following["workdir"]
+    home = report["bentoml_home"]
+    elsewhere = save_variant({"workdir": workdir, "report": report}, "elsewhere", sharper)
+    bento = package.build_bento(bentoml.models.get(elsewhere))
+    archive = archive_bento(elsewhere, bento, home, workdir / STORE_ARCHIVES)
+    env = {**os.environ, "BENTOML_HOME": home}
+    for forget in (["delete", "-y", bento], ["models", "delete", "-y", elsewhere]):  # made on "another machine"
+        subprocess.run([sys.executable, "-m", "bentoml", *forget], env=env, check=True, capture_output=True)
+    assert not model_dir(elsewhere, home).exists() and archive.is_file()
+
+    write_pointer(following["pointer"], {"current": entry(elsewhere, report), "previous": [entry(a, report)]})
+    deadline = time.monotonic() + SWITCH_WITHIN
+    while True:
+        resp = httpx.post(url + "/classify", files=[("images", ("cat.png", following["image"], "image/png"))],
+                          timeout=30)
+        assert resp.status_code == 200
+        if resp.json()["model"] == elsewhere:
+            break
+        assert time.monotonic() < deadline, following["log"].read_text()[-3000:]
+        time.sleep(0.5)
+    assert model_dir(elsewhere, home).is_dir()  # imported into this machine's store
     write_pointer(following["pointer"], {"current": entry(a, report), "previous": []})
 
 
