@@ -179,7 +179,8 @@ def main(argv: list[str]) -> None:
     try:
         if command == "promote":
             entry = promote(force="--force" in argv[1:])
-            print(f"production: {entry['model']} (a service started with `make serve` switches to it)")
+            print(f"production: {entry['model']} (a service started with `make serve` switches to it). For other "
+                  f"machines: git commit {POINTER} {STORE_ARCHIVES}.dvc, then dvc push")
         elif command == "rollback":
             entry = rollback()
             print(f"production: {entry['model'] if entry else 'none (no production model)'}")
