@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 from tasks.common.config import UserError
 from tasks.common.files import write_text_atomic
@@ -84,7 +85,10 @@ def check_in_store(tag: str, home: str | Path | None = None, archives: Path = ST
     if not archive.is_file():
         raise UserError(f"model {tag} is not in the BentoML model store under {store_home(home)}, nor archived "
                         f"as {archive}; run dvc pull (it brings {archives}), or roll back")
-    _bentoml(["import", str(archive.resolve())], home, f"importing {archive}")
+    store_home(home).mkdir(parents=True, exist_ok=True)
+    with FileLock(store_home(home) / ".import.lock"):  # the service's workers may all ask at once
+        if not _model_yaml(tag, home).is_file():
+            _bentoml(["import", str(archive.resolve())], home, f"importing {archive}")
     if not _model_yaml(tag, home).is_file():
         raise UserError(f"{archive} does not hold model {tag}; restore it with dvc checkout {archives}")
 
