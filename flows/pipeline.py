@@ -143,7 +143,7 @@ def push_outputs(repo_dir: Path) -> str:
             return "not pushed: no default DVC remote"
         try:
             pushed = repo.push()
-        except DvcException as err:
+        except (DvcException, OSError) as err:  # an unreachable or unwritable remote
             get_run_logger().error("dvc push to %s failed: %s", remote, root_cause(err))
             return Failed(message=f"dvc push to remote {remote!r} failed: {root_cause(err)}; "
                                   "run dvc push once it is reachable")
