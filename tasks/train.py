@@ -62,7 +62,7 @@ def run_or_launch(params: Params, workdir: Path = Path(".")) -> dict:
     if launched() or processes * params.train.nodes == 1:
         return run(params, workdir)
     launch(torchrun_command(processes, "tasks.train", params.train.nodes, params.train.rendezvous), workdir)
-    if not (workdir / SUMMARY_JSON).is_file():  # another node holds the first process and its outputs
+    if params.train.nodes > 1 and node_rank() > 0:  # node 0 holds the first process, which writes the outputs
         return {"node": node_rank(), "nodes": params.train.nodes, "outputs": "written on node 0"}
     return json.loads((workdir / SUMMARY_JSON).read_text())
 
