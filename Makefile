@@ -2,16 +2,25 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+DOCS_ASSETS := .cache/docs_assets
 
 .PHONY: install run test ops serve promote rollback deps
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(DOCS_ASSETS)/.installed
 
 # Re-installs when pyproject.toml changes. pip, not uv/poetry: only pip finds the local torch wheels.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $@
+
+# The CSS/JS that Great Expectations' Data Docs load from CDNs, at the versions pinned in
+# tasks/data/docs_assets; the validate stage copies them into the docs (tasks/data/data_docs_offline.py).
+# Without npm the docs keep their CDN links and need a network to show styled.
+$(DOCS_ASSETS)/.installed: $(addprefix tasks/data/docs_assets/,package.json package-lock.json .npmrc)
+	@if ! command -v npm >/dev/null; then echo "npm not found: Data Docs will load their CSS/JS from CDNs"; \
+	else mkdir -p $(DOCS_ASSETS) && cp $^ $(DOCS_ASSETS)/ && \
+	npm ci --prefix $(DOCS_ASSETS) --silent --no-audit --no-fund --ignore-scripts && touch $@; fi
 
 run: install
 	$(BIN)/python -m flows.pipeline

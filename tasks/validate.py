@@ -3,8 +3,9 @@
 Reads data.root (never writes there) and writes:
   data/manifest.csv                        one row per file (tasks/data/manifest.py), with duplicate groups
   reports/validate/validation.json         result per expectation and images per class
-  reports/validate/summary.html            self-contained page for people (no external assets)
-  reports/validate/data_docs/index.html    Great Expectations Data Docs (unstyled offline: CDN CSS)
+  reports/validate/summary.html            self-contained page for people (no external assets), with
+                                           thumbnails of every duplicate group read from data.root
+  reports/validate/data_docs/index.html    Great Expectations Data Docs (self-contained: tasks/data/data_docs_offline.py)
 
 Every expectation comes from params.yaml (tasks/data/expectations.py). One that fails stops the
 pipeline with a one-screen summary once the reports are written (tasks/data/validation_report.py),
@@ -70,7 +71,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
 
     results = run_expectations(files, counts, p, out_dir / "data_docs")
     report = build_report(params, manifest, files, counts, results, out_dir / "data_docs")
-    write_reports(out_dir, report, manifest, files)
+    write_reports(out_dir, report, manifest, files, root)
 
     print(console_summary(report, stats, time.perf_counter() - start), file=sys.stderr)
     if report["failed_blocking"]:

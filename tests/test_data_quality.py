@@ -301,3 +301,58 @@ def test_small_images_are_grouped_with_their_resized_copies_and_distinct_ones_ar
     assert quarantine["reason"].to_dict() == {"1/scan_0.png": "near_duplicate", "2/big_thumb.png": "near_duplicate"}
     assert "near copy of 1/scan_0_large.jpg" in quarantine.loc["1/scan_0.png", "detail"]
     assert tree_hash(root) == before
+
+
+def garment(size: int, detail: str = "") -> Image.Image:
+    """A grey shirt on black drawn at 8x and reduced: the same outline for every detail."""
+    from PIL import ImageDraw
+
+    hi = 8 * size
+    img = Image.new("L", (hi, hi), 0)
+    draw = ImageDraw.Draw(img)
+    s = hi / 28  # one pixel at 28 px
+    draw.polygon([(9 * s, 4 * s), (3 * s, 10 * s), (6 * s, 13 * s), (9 * s, 10 * s), (9 * s, 25 * s),
+                  (19 * s, 25 * s), (19 * s, 10 * s), (22 * s, 13 * s), (25 * s, 10 * s), (19 * s, 4 * s)], fill=170)
+    if detail == "mark":  # a dark dot 2 px across
+        draw.ellipse([15 * s, 17 * s, 17 * s, 19 * s], fill=60)
+    elif detail == "logo":
+        draw.ellipse([12 * s, 7 * s, 16 * s, 11 * s], fill=250)
+    elif detail == "stripe":
+        draw.rectangle([9 * s, 15 * s, 19 * s, 16 * s], fill=90)
+    elif detail == "texture":  # a checker of 4 px period
+        pixels = np.asarray(img, dtype=np.int16)
+        yy, xx = np.mgrid[:hi, :hi]
+        checker = (((xx // (2 * s)) + (yy // (2 * s))) % 2 * 2 - 1) * 35
+        img = Image.fromarray(np.where(pixels > 0, pixels + checker, 0).clip(0, 255).astype(np.uint8))
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def test_look_alikes_are_kept_apart_and_their_real_copies_are_grouped(tmp_path: Path):
+    """The same outline with a mark, a logo, a stripe or a texture is another picture; a JPEG of
+    it or its 56 px copy is the same one. Nothing but the copies is quarantined."""
+    root = tmp_path / "images"
+    write_image_set(root, {"coat": 5, "shirt": 3}, size=28)
+    for detail in ("", "mark", "logo", "stripe", "texture"):
+        garment(28, detail).save(root / "shirt" / f"look_{detail or 'plain'}.png")
+    garment(28, "mark").save(root / "coat" / "look_mark_in_coats.png", "PNG", compress_level=1)
+    jpeg = io.BytesIO()
+    garment(28).save(jpeg, "JPEG", quality=75)
+    (root / "shirt" / "look_plain_copy.jpg").write_bytes(jpeg.getvalue())
+    Image.open(root / "shirt" / "look_plain.png").resize((56, 56), Image.Resampling.BICUBIC).save(
+        root / "shirt" / "look_plain_x2.png")
+    params = make_params(data={"root": str(root)}, validate={"warn_only": ["duplicate_share", "label_conflict"]})
+
+    validate.run(params, tmp_path)
+    clean.run(params, tmp_path)
+
+    group = read_manifest(tmp_path / paths.MANIFEST_CSV).set_index("path")["duplicate_group"]
+    plain = group["shirt/look_plain.png"]
+    assert group["shirt/look_plain_copy.jpg"] == plain and group["shirt/look_plain_x2.png"] == plain
+    looks = [f"shirt/look_{d}.png" for d in ("plain", "mark", "logo", "stripe", "texture")]
+    assert group[looks].nunique() == len(looks)  # no look-alike joins another's group
+    assert group["coat/look_mark_in_coats.png"] == group["shirt/look_mark.png"]  # same pixels, other bytes
+    quarantine = pd.read_csv(tmp_path / paths.QUARANTINE_CSV, keep_default_na=False).set_index("path")
+    assert quarantine["reason"].to_dict() == {
+        "shirt/look_plain.png": "near_duplicate", "shirt/look_plain_copy.jpg": "near_duplicate",
+        "coat/look_mark_in_coats.png": "label_conflict", "shirt/look_mark.png": "label_conflict",
+    }

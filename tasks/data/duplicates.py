@@ -1,19 +1,36 @@
 """Perceptual hashes and duplicate groups: exact copies and resized or re-encoded near-copies.
 
-Two images are near-copies when their 64-bit pHashes (DCT of a 32x32 grey thumbnail, low
+Candidates. Two images are candidates when their 64-bit pHashes (DCT of a 32x32 grey thumbnail, low
 frequencies against their median) are within validate.near_duplicate_distance bits (resized or
-re-encoded photos: 0-4 bits; unrelated photos: 18-40) and a second, pixel-level check on a common
-blurred 16x16 thumbnail agrees (`same_pictures`). The hash finds candidates fast; the check keeps
-apart distinct images whose hashes are close anyway, as low-detail images' are: distinct digits
-scans come within 2-4 bits of each other at any size.
+re-encoded photos: 0-4 bits; unrelated photos: 18-40), or SMALL_CANDIDATE_BITS when either is under
+32 px (small images' copies drift further in the hash). Images under 16 px and flat images get no
+hash: only identical bytes match them. The search is sub-quadratic by the pigeonhole principle:
+cut the 64 bits into max_distance + 1 bands; two hashes within max_distance bits agree exactly on
+at least one band, so only hashes that share a band value are compared.
 
-Small images (16 to 31 px on the shorter side) are hashed too, upscaled to the thumbnail; their
-copies drift further in the hash, so a pair with a small image is a candidate within
-SMALL_CANDIDATE_BITS. Images under 16 px and flat images get no hash: only identical bytes match them.
+Confirmation. A hash cannot tell a copy from a look-alike: a coat with and without a logo, two
+plain T-shirts, digits scans, all come within a few bits. So each candidate pair is compared at the
+resolution both images really have: the smaller image's own size (at most COMPARE_MAX_SIDE), the
+larger one reduced to it, both upright sRGB as Y, Cb, Cr. Two differences are measured, in grey
+levels, and a copy must stay within both limits (LOCAL_LIMIT, UNEXPLAINED_LIMIT):
+    local        the largest 3x3 mean of the signed brightness difference (or of the smoothed colour
+                 difference). Noise of resampling and JPEG averages out there, a detail does not:
+                 it separates a logo, a stripe, a pocket, a 2 px mark or an outline moved by 1.5 px
+                 (look-alikes: 20-110 from 28 px on) from copies (JPEG 50-95, up- and downscales:
+                 at most 18).
+    unexplained  the largest local mean (Gaussian, sigma 2 px) of how far each pixel falls outside
+                 the range of the other image's 3x3 neighbourhood. Softened, ringing or slightly
+                 shifted edges stay inside that range; a texture present in one image only does not:
+                 it separates a 4-6 px checker of +-25-45 levels (11 and more from 28 px on) from
+                 copies (at most 9 at JPEG 60-95, 10-13 for a few JPEG 50 copies).
+Both limits were set on benchmarks/near_duplicates.py's look-alikes and digits (docs/data_quality.md).
+From 28 px on they are 20 and 9.5. Below, JPEG noise grows as large as a detail: at 16 px a JPEG of
+quality 50-70 moves pixels as much as the texture does, so the limits shrink to 10 and 4 there
+(linear between) and such copies are missed rather than look-alikes lost.
 
-The candidate search is sub-quadratic by the pigeonhole principle: cut the 64 bits into
-max_distance + 1 bands; two hashes within max_distance bits agree exactly on at least one band.
-So only hashes that share a band value are compared.
+Groups. Near copies join the most alike pair first, and two groups never join when a pair across
+them was compared and differs (a downscaled copy can match two look-alikes that do not match each
+other) or when they would put two classes together without a direct confirmation (link_groups).
 """
 from __future__ import annotations
 
@@ -23,17 +40,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter, uniform_filter
 
 from tasks.common.parallel import map_chunks
-from tasks.data.images import to_8bit
+from tasks.data.images import to_8bit, to_rgb
 
 HASH_SIZE = 32  # thumbnail side; the hash keeps its 8x8 lowest frequencies
 HASH_MIN_SIDE = 16  # smaller images get no hash (8 px digits upscaled 4x have too little to tell apart)
 SMALL_CANDIDATE_BITS = 8  # a pair with a small image is a candidate within this many bits, then confirmed
-CONFIRM_SIZE = 16  # side of the common thumbnail the pixel check compares
-_BLUR = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0  # binomial blur: resampling and JPEG noise matter less
+COMPARE_MAX_SIDE = 128  # larger pairs are compared at this size (detail a person judges a copy by)
+# Grey levels a copy may differ by (module docstring), at the compared sides LIMIT_SIDES (linear between).
+LIMIT_SIDES, LOCAL_LIMIT, UNEXPLAINED_LIMIT = (16, 28), (10.0, 20.0), (4.0, 9.5)
+COLOUR_LIMIT = 30.0  # Cb/Cr levels at every size
 _k = np.arange(HASH_SIZE)
 _DCT = np.sqrt(2 / HASH_SIZE) * np.cos(np.pi * (2 * _k[None, :] + 1) * _k[:, None] / (2 * HASH_SIZE))
 _DCT[0] /= np.sqrt(2)
@@ -117,87 +135,165 @@ def pairs_within(hashes: np.ndarray, max_distance: int, among: np.ndarray | None
     return np.unique(np.concatenate(found), axis=0)
 
 
-def confirm_thumbnail(path: Path, orientation: int = 1) -> np.ndarray | None:
-    """The blurred CONFIRM_SIZE-square grey thumbnail (float64) the pixel check compares, upright;
-    None when the file no longer decodes."""
+def upright_sides(files: pd.DataFrame) -> np.ndarray:
+    """(w, h) per file as displayed: EXIF orientations 5-8 swap the sides."""
+    sides = files[["width", "height"]].to_numpy(dtype="int64", na_value=0)
+    turned = files["orientation"].to_numpy(dtype="int64", na_value=1) >= 5
+    return np.where(turned[:, None], sides[:, ::-1], sides)
+
+
+def compare_sizes(sides: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(w, h) per pair at which it is compared: the smaller image's own size (the detail both images
+    really have), shrunk to fit COMPARE_MAX_SIDE."""
+    a, b = sides[pairs[:, 0]], sides[pairs[:, 1]]
+    smaller = np.where((a.prod(1) <= b.prod(1))[:, None], a, b)
+    scale = np.minimum(1.0, COMPARE_MAX_SIDE / smaller.max(1))
+    return np.maximum(1, np.round(smaller * scale[:, None])).astype(np.int64)
+
+
+def compare_image(path: Path, max_side: int = COMPARE_MAX_SIDE) -> Image.Image | None:
+    """The image upright in sRGB, as YCbCr, shrunk to fit max_side; None when it no longer decodes."""
     try:
         with Image.open(path) as img:
-            img.draft("L", (4 * CONFIRM_SIZE, 4 * CONFIRM_SIZE))  # a large JPEG decodes at a fraction of its size
+            img.draft("RGB", (2 * max_side, 2 * max_side))  # a large JPEG decodes at a fraction of its size
             img.load()
-            grey = to_8bit(img).convert("L")
+            rgb = to_rgb(img)
     except Exception:  # noqa: BLE001  it decoded when the manifest was made; now it is only not a match
         return None
-    if orientation in UNDO_ORIENTATION:
-        grey = grey.transpose(UNDO_ORIENTATION[orientation])
-    if grey.size != (CONFIRM_SIZE, CONFIRM_SIZE):
-        grey = grey.resize((CONFIRM_SIZE, CONFIRM_SIZE), Image.Resampling.BICUBIC)
-    x = np.pad(np.asarray(grey, dtype=np.float64), 2, mode="edge")
-    x = sum(w * x[:, i:i + CONFIRM_SIZE] for i, w in enumerate(_BLUR))
-    return sum(w * x[i:i + CONFIRM_SIZE] for i, w in enumerate(_BLUR))
+    if max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return rgb.convert("YCbCr")
 
 
-def _confirm_chunk(jobs: list[tuple[str, int]], root: Path) -> list[np.ndarray | None]:
-    return [confirm_thumbnail(root / path, orientation) for path, orientation in jobs]
+def _decode_chunk(paths: list[str], root: Path) -> list[Image.Image | None]:
+    return [compare_image(root / path) for path in paths]
 
 
-def same_pictures(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per pair of confirm thumbnails (N, 16, 16): the same picture, resized or re-encoded?
+def tolerant_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, how far each image falls outside the range of the other's 3x3 neighbourhood.
 
-    Pearson correlation of the pixels of at least 0.997, or at least 0.95 with a mean absolute
-    difference of at most 3 grey levels (low-contrast copies, whose JPEG noise lowers the
-    correlation). Measured on the digits upscaled to 16-56 px: every resized or re-encoded copy
-    passes, and no pair of distinct digits does (docs/data_quality.md).
+    Resampling and JPEG noise move a pixel within the range its neighbours span (edges soften, ring
+    or shift by a fraction of a pixel); a texture or a pattern present in only one image does not.
+    Arrays are (pairs, H, W).
     """
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    da, db = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    spread = np.sqrt((da * da).sum(1) * (db * db).sum(1))
-    r = np.where(spread > 0, (da * db).sum(1) / np.where(spread > 0, spread, 1.0), 0.0)
-    return (r >= 0.997) | ((r >= 0.95) & (np.abs(a - b).mean(1) <= 3.0))
+    out = np.zeros_like(a)
+    for x, y in ((a, b), (b, a)):
+        low, high = minimum_filter(y, (1, 3, 3), mode="nearest"), maximum_filter(y, (1, 3, 3), mode="nearest")
+        out = np.maximum(out, np.maximum(x - high, low - x))
+    return out
 
 
-def confirmed(pairs: np.ndarray, files: pd.DataFrame, root: Path) -> np.ndarray:
-    """The pairs whose two images pass the pixel check; each image is decoded once, on every core."""
+def pair_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(local, colour, unexplained) per pair of same-size images (pairs, H, W, 3 as Y, Cb, Cr); see
+    the module docstring.
+
+    local: the largest 3x3 mean of the signed difference in brightness. Noise averages out there;
+    a mark, a logo, a stripe or an outline moved by a pixel does not.
+    colour: the largest local mean (Gaussian, sigma 2 px) of the difference in Cb or Cr: JPEG
+    keeps colour at half resolution and quantizes it coarsely, so only a change of colour over an
+    area counts.
+    unexplained: the largest local mean (Gaussian, sigma 2 px) of tolerant_difference on brightness.
+    """
+    local = np.abs(uniform_filter(a[..., 0] - b[..., 0], (1, 3, 3), mode="nearest")).max((1, 2))
+    colour = np.abs(gaussian_filter(a[..., 1:] - b[..., 1:], (0, 2.0, 2.0, 0), mode="nearest")).max((1, 2, 3))
+    unexplained = gaussian_filter(tolerant_difference(a[..., 0], b[..., 0]), (0, 2.0, 2.0), mode="nearest").max((1, 2))
+    return np.stack([local, colour, unexplained], 1)
+
+
+def limits(side: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local, unexplained) limits at the shorter side each pair is compared at."""
+    return np.interp(side, LIMIT_SIDES, LOCAL_LIMIT), np.interp(side, LIMIT_SIDES, UNEXPLAINED_LIMIT)
+
+
+def at_size(img: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
+    if img is None:
+        return np.full((size[1], size[0], 3), np.nan, dtype=np.float32)  # never the same picture
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.float32)
+
+
+def pair_scores(pairs: np.ndarray, files: pd.DataFrame, root: Path, batch: int = 2048) -> np.ndarray:
+    """(local, colour, unexplained, compared side) per row pair. Each image is decoded once, on
+    every core; pairs compared at the same size are scored together."""
+    scores = np.full((len(pairs), 4), np.inf)
     if len(pairs) == 0:
-        return pairs
+        return scores
     rows = np.unique(pairs)
-    jobs = list(zip(files["path"].to_numpy()[rows], files["orientation"].to_numpy(dtype="int64", na_value=1)[rows]))
-    thumbs = map_chunks(partial(_confirm_chunk, root=root), jobs, desc="validate: confirming near-duplicate candidates")
-    blank = np.full((CONFIRM_SIZE, CONFIRM_SIZE), np.nan)
-    stack = np.stack([blank if t is None else t for t in thumbs])
-    position = np.searchsorted(rows, pairs)
-    return pairs[same_pictures(stack[position[:, 0]], stack[position[:, 1]])]
+    images = dict(zip(rows, map_chunks(
+        partial(_decode_chunk, root=root), list(files["path"].to_numpy()[rows]),
+        desc="validate: confirming near-duplicate candidates")))
+    sizes = compare_sizes(upright_sides(files), pairs)
+    scores[:, 3] = sizes.min(1)
+    for size in np.unique(sizes, axis=0):
+        todo = np.flatnonzero((sizes == size).all(1))
+        for part in np.array_split(todo, -(-len(todo) // batch)):
+            a = np.stack([at_size(images[i], tuple(size)) for i in pairs[part, 0]])
+            b = np.stack([at_size(images[j], tuple(size)) for j in pairs[part, 1]])
+            with np.errstate(invalid="ignore"):
+                scores[part, :3] = np.nan_to_num(pair_differences(a, b), nan=np.inf)
+    return scores
 
 
-def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Group id per item, the smallest index in its group: connected components of the pairs."""
-    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    smallest = np.full(component.max() + 1 if n else 0, n)
-    np.minimum.at(smallest, component, np.arange(n))
-    return smallest[component]
+def same_picture(scores: np.ndarray) -> np.ndarray:
+    """Per scored pair: the same picture, resized or re-encoded (thresholds: module docstring)?"""
+    local, unexplained = limits(scores[:, 3])
+    return (scores[:, 0] <= local) & (scores[:, 1] <= COLOUR_LIMIT) & (scores[:, 2] <= unexplained)
 
 
-def near_duplicate_pairs(files: pd.DataFrame, max_distance: int, root: Path) -> np.ndarray:
-    """Row pairs of decoded files that are near-copies: hashes within max_distance bits (within
-    SMALL_CANDIDATE_BITS when either image is under HASH_SIZE px), confirmed pixel by pixel."""
+def link_groups(files: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Group id per row, the smallest row in its group: files with the same bytes, and near copies.
+
+    Near copies join the most alike first. Two groups never join when a pair across them was
+    compared and is not the same picture (a downscaled copy can match two look-alikes that do not
+    match each other), nor when two of their files lie in different classes without having been
+    confirmed as the same picture themselves: a label conflict needs direct evidence.
+    """
+    n, sha, labels = len(files), files["sha256"].to_numpy(), files["label"].to_numpy()
+    same = same_picture(scores)
+    alike = {(int(a), int(b)) for a, b in pairs[same]}
+    different = {(int(a), int(b)) for a, b in pairs[~same]}
+    parent = files.groupby("sha256").ngroup().to_numpy()  # same bytes: one group from the start
+    parent = pd.Series(np.arange(n)).groupby(parent).transform("min").to_numpy()
+    members: dict[int, list[int]] = pd.Series(np.arange(n)).groupby(parent).agg(list).to_dict()
+
+    def allowed(x: int, y: int) -> bool:
+        key = (min(x, y), max(x, y))
+        if key in different:
+            return False
+        return labels[x] == labels[y] or sha[x] == sha[y] or key in alike
+
+    local, unexplained = limits(scores[:, 3])
+    worst = np.maximum.reduce([scores[:, 0] / local, scores[:, 1] / COLOUR_LIMIT, scores[:, 2] / unexplained])
+    for a, b in pairs[same][np.argsort(worst[same], kind="stable")]:
+        ra, rb = parent[a], parent[b]
+        if ra == rb or not all(allowed(x, y) for x in members[ra] for y in members[rb]):
+            continue
+        keep, gone = min(ra, rb), max(ra, rb)
+        parent[members[gone]] = keep
+        members[keep] += members.pop(gone)
+    return parent
+
+
+def candidate_pairs(files: pd.DataFrame, max_distance: int) -> np.ndarray:
+    """Row pairs of files with different bytes whose hashes are within max_distance bits (within
+    SMALL_CANDIDATE_BITS when either image is under HASH_SIZE px)."""
     hashed = np.flatnonzero(files["phash"].to_numpy() != "")
     if max_distance < 0 or len(hashed) == 0:
         return np.empty((0, 2), dtype=np.int64)
     hashes = np.array([int(h, 16) for h in files["phash"].to_numpy()[hashed]], dtype=np.uint64)
-    sides = files[["width", "height"]].to_numpy(dtype="int64", na_value=0)[hashed]
-    small = sides.min(1) < HASH_SIZE
+    small = upright_sides(files)[hashed].min(1) < HASH_SIZE
     candidates = hashed[np.unique(np.concatenate([
         pairs_within(hashes, max_distance),
         pairs_within(hashes, max(max_distance, SMALL_CANDIDATE_BITS), among=small),
     ]), axis=0)]
     sha = files["sha256"].to_numpy()
-    different_bytes = sha[candidates[:, 0]] != sha[candidates[:, 1]]  # identical files are linked anyway
-    return confirmed(candidates[different_bytes], files, root)
+    return candidates[sha[candidates[:, 0]] != sha[candidates[:, 1]]]  # identical files join anyway
 
 
 def duplicate_groups(manifest: pd.DataFrame, max_distance: int, root: Path) -> pd.Series:
-    """Duplicate group of every decoded file: rows with the same bytes, or near-copies (see
-    near_duplicate_pairs; max_distance -1 switches near-copies off).
+    """Duplicate group of every decoded file: rows with the same bytes, or near-copies (candidates
+    by hash, confirmed pixel by pixel, joined by link_groups; max_distance -1 switches them off).
 
     The group id is the manifest row number of the group's first file; rows that did not decode
     get -1. A file with no copy is a group of one.
@@ -207,10 +303,6 @@ def duplicate_groups(manifest: pd.DataFrame, max_distance: int, root: Path) -> p
     if len(decoded) == 0:
         return groups
     files = manifest.loc[decoded].reset_index(drop=True)
-    same_bytes = files.groupby("sha256").ngroup().to_numpy()
-    first = pd.Series(np.arange(len(files))).groupby(same_bytes).transform("min").to_numpy()
-    exact = np.stack([first, np.arange(len(files))], 1)[first != np.arange(len(files))]
-    near = near_duplicate_pairs(files, max_distance, root)
-    ids = connected_groups(len(files), np.concatenate([exact, near]).astype(np.int64))
-    groups[decoded] = decoded.to_numpy()[ids]
+    pairs = candidate_pairs(files, max_distance)
+    groups[decoded] = decoded.to_numpy()[link_groups(files, pairs, pair_scores(pairs, files, root))]
     return groups

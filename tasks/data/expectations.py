@@ -1,5 +1,6 @@
 """The Great Expectations suites of the validate stage: every rule from params.yaml (validate.*),
-checked on the file table and the class table, with Data Docs written beside the reports."""
+checked on the file table and the class table, with Data Docs written beside the reports
+(self-contained: tasks/data/data_docs_offline.py)."""
 from __future__ import annotations
 
 import shutil
@@ -8,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.common.config import ValidateParams
+from tasks.data.data_docs_offline import make_offline
 
 EXPECTATIONS = [
     ("decodable", "decodes"),
@@ -168,13 +170,15 @@ def run_checkpoint(context, name: str, frame: pd.DataFrame, expectations: list, 
 
 
 def run_expectations(files: pd.DataFrame, classes: pd.DataFrame, p: ValidateParams, docs_dir: Path) -> list:
-    """Run both suites and build Data Docs; returns GE's ExpectationValidationResult objects."""
+    """Run both suites and build Data Docs that read offline; returns GE's ExpectationValidationResult objects."""
     if docs_dir.exists():
         shutil.rmtree(docs_dir)  # pages of an earlier run would otherwise linger beside the new ones
     context = gx_context(docs_dir)
     context.data_sources.add_pandas("validate")
     columns = ["path", "label", "decodes", "format", "width", "height", "aspect_ratio", "classes_in_group", "is_copy"]
-    return [
+    results = [
         *run_checkpoint(context, "files", files[columns], file_expectations(p), key="path"),
         *run_checkpoint(context, "classes", classes, class_expectations(p), key="label"),
     ]
+    make_offline(docs_dir)
+    return results

@@ -1,16 +1,29 @@
 """What the validate stage reports: validation.json, a self-contained summary.html, and one screen
-for the log, built from Great Expectations' results."""
+for the log, built from Great Expectations' results.
+
+The summary shows every duplicate group with thumbnails inlined as PNG data URIs, so a person can
+judge in seconds whether a group is real before trusting clean.drop_near_duplicates.
+"""
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from tasks.common.config import Params
+from tasks.common.paths import MANIFEST_CSV
 from tasks.data.expectations import CLASS_COLUMNS, EXPECTATIONS
+from tasks.data.images import shrink, to_rgb
 from tasks.data.manifest import NOT_FOLLOWED
+
+THUMB_SIDE = 96  # px box every thumbnail fits in
+MAX_GROUPS_SHOWN = 200  # bounds the page: groups with thumbnails
+MAX_MEMBERS_SHOWN = 12  # files with thumbnails per group
 
 
 def describe_example(item: dict, column: str, files: pd.DataFrame) -> str:
@@ -141,7 +154,119 @@ def html_table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_html(report: dict, manifest: pd.DataFrame, files: pd.DataFrame) -> str:
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def thumbnail(path: Path) -> tuple[str, int, int] | None:
+    """(PNG data URI, width, height) of the upright RGB image fitted into THUMB_SIDE px, or None.
+
+    Small images stay at their own size (the page enlarges them, pixelated) to keep the page
+    small; JPEGs are decoded at a reduced scale (draft) so large photos stay cheap.
+    """
+    try:
+        with Image.open(path) as img:
+            img.draft(None, (THUMB_SIDE, THUMB_SIDE))
+            img.load()
+            small = shrink(to_rgb(img), THUMB_SIDE)
+    except Exception:  # damaged files raise many kinds of errors; a thumbnail must not stop the report
+        return None
+    out = io.BytesIO()
+    small.save(out, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii"), *small.size
+
+
+def thumb_html(thumb: tuple[str, int, int] | None) -> str:
+    """The image shown in a THUMB_SIDE box, aspect kept; a text placeholder when it no longer decodes."""
+    if thumb is None:
+        return '<div class="thumb missing">does not decode (changed since the manifest?)</div>'
+    uri, width, height = thumb
+    scale = THUMB_SIDE / max(width, height)
+    shown = f'width="{max(1, round(width * scale))}" height="{max(1, round(height * scale))}"'
+    pixelated = ' class="pixelated"' if scale > 1 else ""
+    return f'<div class="thumb"><img src="{uri}" {shown}{pixelated} alt="thumbnail"></div>'
+
+
+def member_html(row, thumb: tuple[str, int, int] | None) -> str:
+    """One file of a group: thumbnail, path, class, size, format and the start of its sha256."""
+    size = f"{row.width}×{row.height}" if pd.notna(row.width) and pd.notna(row.height) else "size unknown"
+    return (
+        f"<figure>{thumb_html(thumb)}<figcaption><code>{html.escape(row.path)}</code><br>"
+        f"class <b>{html.escape(row.label or '(none)')}</b><br>{size} {html.escape(row.format or '?')}<br>"
+        f'<span class="hash">sha256 {row.sha256[:10]}</span></figcaption></figure>'
+    )
+
+
+def group_html(group_id: int, group: pd.DataFrame, root: Path) -> str:
+    """One duplicate group: what kind of copies, the classes, a flag when they differ, its files."""
+    shown = group.head(MAX_MEMBERS_SHOWN)
+    unique = shown.drop_duplicates("sha256")  # exact copies are decoded once
+    thumbs = {row.sha256: thumbnail(root / row.path) for row in unique.itertuples()}
+    contents = group["sha256"].nunique()
+    kind = "exact copies (same sha256)" if contents == 1 else f"near copies ({contents} different contents)"
+    classes, n_classes = group["group_classes"].iloc[0], int(group["classes_in_group"].iloc[0])
+    spans = n_classes > 1
+    flag = (f'<p class="flag">Spans {n_classes} classes ({html.escape(classes)}): label conflict; '
+            "clean quarantines every file.</p>") if spans else ""
+    more = (f'<p class="more">Not shown: {count(len(group) - len(shown), "more file")} of this group; see '
+            f"{MANIFEST_CSV} (duplicate_group {group_id}).</p>") if len(group) > len(shown) else ""
+    members = "".join(member_html(row, thumbs.get(row.sha256)) for row in shown.itertuples())
+    return (
+        f'<section class="group{" conflict" if spans else ""}"><h3>Group {group_id}: {len(group)} files, '
+        f"{kind}, class{'es' if spans else ''} {html.escape(classes or '(none)')}</h3>"
+        f'{flag}<div class="members">{members}</div>{more}</section>'
+    )
+
+
+def duplicate_groups_html(files: pd.DataFrame, root: Path) -> str:
+    """Every group of more than one file, those that span classes first, then larger groups first.
+
+    Only files of the groups shown are opened, so the page stays cheap to build and small.
+    """
+    # Largest image first, then by path: the order in which the clean stage picks the file it keeps.
+    members = files[files["duplicate_group"] >= 0]
+    members = members.assign(pixels=members["width"].fillna(0) * members["height"].fillna(0))
+    grouped = members.sort_values(["pixels", "path"], ascending=[False, True]).groupby("duplicate_group")
+    sizes = grouped.size()
+    order = (
+        pd.DataFrame({"files": sizes, "spans": grouped["classes_in_group"].first() > 1})
+        .loc[sizes > 1].reset_index().sort_values(["spans", "files", "duplicate_group"], ascending=[False, False, True])
+    )
+    shown = order.head(MAX_GROUPS_SHOWN)["duplicate_group"]
+    sections = "".join(group_html(int(gid), grouped.get_group(gid), root) for gid in shown)
+    hidden = len(order) - len(shown)
+    rest = f"Not shown: {count(hidden, 'more group')}. " if hidden else ""
+    return (
+        f"<h2>Exact and near-duplicate groups ({len(order)} groups, {int(order['files'].sum())} files)</h2>"
+        f"<p>Groups that span classes first, then larger groups. Thumbnails fit in {THUMB_SIDE} px, small "
+        f"images enlarged (pixelated); at most {MAX_GROUPS_SHOWN} groups and {MAX_MEMBERS_SHOWN} files per "
+        f"group are shown. {rest}The full list is in {MANIFEST_CSV} (duplicate_group column).</p>"
+        f'<div class="groups">{sections}</div>'
+    )
+
+
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:75em}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
+    "th{background:#eee}.PASSED{color:#070}.FAILED{color:#b00}"
+    ".groups{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}"
+    ".group{border:1px solid #ccc;border-radius:4px;padding:0 1em .8em}"
+    # Headings wrap to the width of the thumbnails instead of widening a group: small groups share a row.
+    ".group>h3,.group>p{width:0;min-width:100%;box-sizing:border-box}.group h3{font-size:1em;margin:.8em 0 .5em}"
+    ".conflict{border:2px solid #b00;background:#fff6f6}"
+    ".flag{color:#fff;background:#b00;padding:.2em .6em;border-radius:3px;margin:0 0 .6em}"
+    ".members{display:flex;flex-wrap:wrap;gap:.8em}"
+    "figure{margin:0;width:9.5em;font-size:.8em;line-height:1.35}"
+    f".thumb{{width:{THUMB_SIDE}px;height:{THUMB_SIDE}px;display:flex;align-items:center;justify-content:center;"
+    "background:#f3f3f3;border:1px solid #ddd;margin-bottom:.3em}"
+    ".pixelated{image-rendering:pixelated}"
+    ".missing{color:#b00;font-size:.85em;text-align:center;overflow:hidden;word-break:break-word;padding:.2em}"
+    "figcaption code{word-break:break-all}.hash{color:#777}.more{color:#555;font-style:italic}"
+)
+
+
+def summary_html(report: dict, manifest: pd.DataFrame, files: pd.DataFrame, root: Path) -> str:
     """A small page that looks the same offline as online: inline CSS, no scripts, no links out."""
     status = "PASSED" if report["success"] else "FAILED"
     checks = [
@@ -155,20 +280,12 @@ def summary_html(report: dict, manifest: pd.DataFrame, files: pd.DataFrame) -> s
     classes = [[c["label"], c["files"], c["images"]] for c in report["class_counts"]]
     problems = manifest.loc[(manifest["problem"] != "") | manifest["hidden"], ["path", "problem", "error"]]
     problems = problems.assign(problem=problems["problem"].replace("", "hidden file"))
-    groups = files[files["duplicate_group"] >= 0].groupby("duplicate_group")
-    dupes = [[", ".join(g["path"]), g["group_classes"].iloc[0]] for _, g in groups if len(g) > 1]
     links = ", ".join(
         f'<a href="{html.escape(page)}">{html.escape(title)}</a>'
         for title, page in report["data_docs"].items()
     )
-    style = (
-        "body{font-family:sans-serif;margin:2em;max-width:75em}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
-        "th{background:#eee}.PASSED{color:#070}.FAILED{color:#b00}"
-    )
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Validation {status}</title><style>{style}</style></head>
+<html><head><meta charset="utf-8"><title>Validation {status}</title><style>{STYLE}</style></head>
 <body>
 <h1>Data validation: <span class="{status}">{status}</span></h1>
 <p>data.root <code>{html.escape(report["data_root"])}</code>: {report["files"]} files,
@@ -181,13 +298,13 @@ Great Expectations Data Docs: {links}.</p>
 {html_table(["class", "files", "decodable images"], classes)}
 <h2>Files with problems ({len(problems)}, first 100 listed)</h2>
 {html_table(["path", "problem", "detail"], problems.head(100).values.tolist())}
-<h2>Exact and near-duplicate groups ({len(dupes)}, first 50 listed)</h2>
-{html_table(["files", "classes"], dupes[:50])}
+{duplicate_groups_html(files, root)}
 </body></html>
 """
 
 
-def write_reports(out_dir: Path, report: dict, manifest: pd.DataFrame, files: pd.DataFrame) -> None:
+def write_reports(out_dir: Path, report: dict, manifest: pd.DataFrame, files: pd.DataFrame, root: Path) -> None:
+    """validation.json for machines, summary.html for people (thumbnails read from root, never written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "summary.html").write_text(summary_html(report, manifest, files))
+    (out_dir / "summary.html").write_text(summary_html(report, manifest, files, root))
