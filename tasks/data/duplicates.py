@@ -28,9 +28,10 @@ From 28 px on they are 20 and 9.5. Below, JPEG noise grows as large as a detail:
 quality 50-70 moves pixels as much as the texture does, so the limits shrink to 10 and 4 there
 (linear between) and such copies are missed rather than look-alikes lost.
 
-Groups. Near copies join the most alike pair first, and two groups never join when a pair across
-them was compared and differs (a downscaled copy can match two look-alikes that do not match each
-other) or when they would put two classes together without a direct confirmation (link_groups).
+Groups. Near copies join the most alike pair first, and only when the two groups' largest images
+are the same picture too; never when a pair across them was compared and differs (a downscaled
+copy can match two look-alikes that do not match each other), nor when they would put two classes
+together without a direct confirmation (link_groups).
 """
 from __future__ import annotations
 
@@ -213,17 +214,20 @@ def at_size(img: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img, dtype=np.float32)
 
 
-def pair_scores(pairs: np.ndarray, files: pd.DataFrame, root: Path, batch: int = 2048) -> np.ndarray:
-    """(local, colour, unexplained, compared side) per row pair. Each image is decoded once, on
-    every core; pairs compared at the same size are scored together."""
+def decode_rows(rows: np.ndarray, files: pd.DataFrame, root: Path) -> dict[int, Image.Image | None]:
+    """Compare images (compare_image) of the given rows, each decoded once, on every core."""
+    decoded = map_chunks(partial(_decode_chunk, root=root), list(files["path"].to_numpy()[rows]),
+                         desc="validate: confirming near-duplicate candidates")
+    return dict(zip(rows.tolist(), decoded))
+
+
+def score_pairs(pairs: np.ndarray, images: dict, sides: np.ndarray, batch: int = 2048) -> np.ndarray:
+    """(local, colour, unexplained, compared side) per row pair; pairs compared at the same size
+    are scored together."""
     scores = np.full((len(pairs), 4), np.inf)
     if len(pairs) == 0:
         return scores
-    rows = np.unique(pairs)
-    images = dict(zip(rows, map_chunks(
-        partial(_decode_chunk, root=root), list(files["path"].to_numpy()[rows]),
-        desc="validate: confirming near-duplicate candidates")))
-    sizes = compare_sizes(upright_sides(files), pairs)
+    sizes = compare_sizes(sides, pairs)
     scores[:, 3] = sizes.min(1)
     for size in np.unique(sizes, axis=0):
         todo = np.flatnonzero((sizes == size).all(1))
@@ -235,39 +239,58 @@ def pair_scores(pairs: np.ndarray, files: pd.DataFrame, root: Path, batch: int =
     return scores
 
 
+def pair_scores(pairs: np.ndarray, files: pd.DataFrame, root: Path) -> np.ndarray:
+    """score_pairs of row pairs of files under root."""
+    images = decode_rows(np.unique(pairs), files, root) if len(pairs) else {}
+    return score_pairs(pairs, images, upright_sides(files))
+
+
 def same_picture(scores: np.ndarray) -> np.ndarray:
     """Per scored pair: the same picture, resized or re-encoded (thresholds: module docstring)?"""
     local, unexplained = limits(scores[:, 3])
     return (scores[:, 0] <= local) & (scores[:, 1] <= COLOUR_LIMIT) & (scores[:, 2] <= unexplained)
 
 
-def link_groups(files: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def link_groups(files: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray, images: dict) -> np.ndarray:
     """Group id per row, the smallest row in its group: files with the same bytes, and near copies.
 
-    Near copies join the most alike first. Two groups never join when a pair across them was
-    compared and is not the same picture (a downscaled copy can match two look-alikes that do not
-    match each other), nor when two of their files lie in different classes without having been
-    confirmed as the same picture themselves: a label conflict needs direct evidence.
+    Near copies join the most alike first, and two groups join only when their largest images are
+    the same picture too (compared now if they were no candidates): a downscaled copy has lost the
+    detail that tells two look-alikes apart and would otherwise chain them. Two groups never join
+    when a pair across them was compared and differs, nor when two of their files lie in different
+    classes without having been confirmed as the same picture themselves: a label conflict needs
+    direct evidence. `images` holds the decoded rows of every pair.
     """
     n, sha, labels = len(files), files["sha256"].to_numpy(), files["label"].to_numpy()
+    sides = upright_sides(files)
     same = same_picture(scores)
-    alike = {(int(a), int(b)) for a, b in pairs[same]}
-    different = {(int(a), int(b)) for a, b in pairs[~same]}
+    verdict = {(int(a), int(b)): bool(v) for (a, b), v in zip(pairs, same)}
     parent = files.groupby("sha256").ngroup().to_numpy()  # same bytes: one group from the start
     parent = pd.Series(np.arange(n)).groupby(parent).transform("min").to_numpy()
     members: dict[int, list[int]] = pd.Series(np.arange(n)).groupby(parent).agg(list).to_dict()
 
+    def alike(x: int, y: int) -> bool:
+        key = (min(x, y), max(x, y))
+        if key not in verdict:
+            verdict[key] = bool(same_picture(score_pairs(np.array([key]), images, sides))[0])
+        return verdict[key]
+
     def allowed(x: int, y: int) -> bool:
         key = (min(x, y), max(x, y))
-        if key in different:
+        if verdict.get(key) is False:
             return False
-        return labels[x] == labels[y] or sha[x] == sha[y] or key in alike
+        return labels[x] == labels[y] or sha[x] == sha[y] or verdict.get(key) is True
+
+    def largest(root: int) -> int:
+        return max((m for m in members[root] if m in images), key=lambda m: (sides[m].prod(), -m))
 
     local, unexplained = limits(scores[:, 3])
     worst = np.maximum.reduce([scores[:, 0] / local, scores[:, 1] / COLOUR_LIMIT, scores[:, 2] / unexplained])
     for a, b in pairs[same][np.argsort(worst[same], kind="stable")]:
         ra, rb = parent[a], parent[b]
         if ra == rb or not all(allowed(x, y) for x in members[ra] for y in members[rb]):
+            continue
+        if not alike(largest(ra), largest(rb)):
             continue
         keep, gone = min(ra, rb), max(ra, rb)
         parent[members[gone]] = keep
@@ -304,5 +327,7 @@ def duplicate_groups(manifest: pd.DataFrame, max_distance: int, root: Path) -> p
         return groups
     files = manifest.loc[decoded].reset_index(drop=True)
     pairs = candidate_pairs(files, max_distance)
-    groups[decoded] = decoded.to_numpy()[link_groups(files, pairs, pair_scores(pairs, files, root))]
+    images = decode_rows(np.unique(pairs), files, root) if len(pairs) else {}
+    scores = score_pairs(pairs, images, upright_sides(files))
+    groups[decoded] = decoded.to_numpy()[link_groups(files, pairs, scores, images)]
     return groups
