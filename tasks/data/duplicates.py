@@ -29,18 +29,19 @@ quality 50-70 moves pixels as much as the texture does, so the limits shrink to 
 (linear between) and such copies are missed rather than look-alikes lost.
 
 Groups. Near copies join the most alike pair first, and only when the two groups' largest images
-are the same picture too; never when a pair across them was compared and differs (a downscaled
-copy can match two look-alikes that do not match each other), nor when they would put two classes
-together without a direct confirmation (link_groups).
+are the same picture too (a downscaled copy can match two look-alikes that do not match each
+other), never putting two classes together without a direct confirmation (link_groups).
 """
 from __future__ import annotations
 
+import io
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter, uniform_filter
 
 from tasks.common.parallel import map_chunks
@@ -53,6 +54,7 @@ COMPARE_MAX_SIDE = 128  # larger pairs are compared at this size (detail a perso
 # Grey levels a copy may differ by (module docstring), at the compared sides LIMIT_SIDES (linear between).
 LIMIT_SIDES, LOCAL_LIMIT, UNEXPLAINED_LIMIT = (16, 28), (10.0, 20.0), (4.0, 9.5)
 COLOUR_LIMIT = 30.0  # Cb/Cr levels at every size
+REENCODED_LIMIT = (4.0, 2.0)  # local, unexplained after re-encoding like the JPEG (rescore_jpegs)
 _k = np.arange(HASH_SIZE)
 _DCT = np.sqrt(2 / HASH_SIZE) * np.cos(np.pi * (2 * _k[None, :] + 1) * _k[:, None] / (2 * HASH_SIZE))
 _DCT[0] /= np.sqrt(2)
@@ -152,21 +154,41 @@ def compare_sizes(sides: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.maximum(1, np.round(smaller * scale[:, None])).astype(np.int64)
 
 
-def compare_image(path: Path, max_side: int = COMPARE_MAX_SIDE) -> Image.Image | None:
-    """The image upright in sRGB, as YCbCr, shrunk to fit max_side; None when it no longer decodes."""
+class Decoded(NamedTuple):
+    """An image as compared: upright sRGB, shrunk to fit COMPARE_MAX_SIDE, and, for a JPEG kept at
+    its stored size and orientation, the encoder settings to re-encode another image like it."""
+    rgb: Image.Image
+    jpeg: dict | None
+
+
+def jpeg_settings(img: Image.Image) -> dict | None:
+    """qtables and subsampling of a plain JPEG (grey or colour, upright), else None."""
+    upright = "exif" not in img.info or int(img.getexif().get(0x0112, 1) or 1) == 1
+    if img.format != "JPEG" or img.mode not in ("L", "RGB") or not upright or img.info.get("icc_profile"):
+        return None
+    settings = {"qtables": img.quantization}
+    if img.mode == "RGB":
+        settings["subsampling"] = JpegImagePlugin.get_sampling(img)
+    return settings
+
+
+def compare_image(path: Path, max_side: int = COMPARE_MAX_SIDE) -> Decoded | None:
+    """The image as compared (Decoded); None when it no longer decodes."""
     try:
         with Image.open(path) as img:
+            stored = img.size
             img.draft("RGB", (2 * max_side, 2 * max_side))  # a large JPEG decodes at a fraction of its size
             img.load()
+            jpeg = jpeg_settings(img) if img.size == stored and max(stored) <= max_side else None
             rgb = to_rgb(img)
     except Exception:  # noqa: BLE001  it decoded when the manifest was made; now it is only not a match
         return None
     if max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return rgb.convert("YCbCr")
+    return Decoded(rgb, jpeg)
 
 
-def _decode_chunk(paths: list[str], root: Path) -> list[Image.Image | None]:
+def _decode_chunk(paths: list[str], root: Path) -> list[Decoded | None]:
     return [compare_image(root / path) for path in paths]
 
 
@@ -206,12 +228,45 @@ def limits(side: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.interp(side, LIMIT_SIDES, LOCAL_LIMIT), np.interp(side, LIMIT_SIDES, UNEXPLAINED_LIMIT)
 
 
-def at_size(img: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
-    if img is None:
+def at_size(image: Decoded | None, size: tuple[int, int]) -> np.ndarray:
+    """Y, Cb, Cr planes (H, W, 3) of a decoded image resized to `size`; NaN for none."""
+    if image is None:
         return np.full((size[1], size[0], 3), np.nan, dtype=np.float32)  # never the same picture
-    if img.size != size:
-        img = img.resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float32)
+    rgb = image.rgb if image.rgb.size == size else image.rgb.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(rgb.convert("YCbCr"), dtype=np.float32)
+
+
+def reencoded_scores(jpeg: Decoded, other: Decoded) -> np.ndarray:
+    """pair_differences of a JPEG and the other image encoded with the JPEG's own tables.
+
+    A copy saved as JPEG carries its encoder's noise; re-encoding its source the same way makes the
+    same noise, so what is left is what differs in the pictures. It applies when the JPEG is
+    compared at its stored size.
+    """
+    source = other.rgb if other.rgb.size == jpeg.rgb.size else other.rgb.resize(jpeg.rgb.size, Image.Resampling.LANCZOS)
+    if "subsampling" not in jpeg.jpeg:
+        source = source.convert("L")
+    out = io.BytesIO()
+    source.save(out, "JPEG", **jpeg.jpeg)
+    with Image.open(out) as again:
+        copy = np.asarray(again.convert("RGB").convert("YCbCr"), dtype=np.float32)
+    return pair_differences(copy[None], np.asarray(jpeg.rgb.convert("YCbCr"), dtype=np.float32)[None])[0]
+
+
+def rescore_jpegs(pairs: np.ndarray, scores: np.ndarray, images: dict, sizes: np.ndarray) -> None:
+    """Replace the scores of near misses with a JPEG at its stored size by reencoded_scores when
+    those are within REENCODED_LIMIT: the same picture, whatever the JPEG's quality."""
+    local, unexplained = limits(scores[:, 3])
+    near_miss = ~same_picture(scores) & (scores[:, 0] <= 3 * local) & (scores[:, 2] <= 3 * unexplained)
+    for k in np.flatnonzero(near_miss):
+        for x, y in (pairs[k], pairs[k][::-1]):
+            jpeg, other = images[x], images[y]
+            if jpeg is None or other is None or jpeg.jpeg is None or jpeg.rgb.size != tuple(sizes[k]):
+                continue
+            again = reencoded_scores(jpeg, other)
+            if again[0] <= REENCODED_LIMIT[0] and again[1] <= COLOUR_LIMIT and again[2] <= REENCODED_LIMIT[1]:
+                scores[k, :3] = again
+                break
 
 
 def decode_rows(rows: np.ndarray, files: pd.DataFrame, root: Path) -> dict[int, Image.Image | None]:
@@ -236,6 +291,7 @@ def score_pairs(pairs: np.ndarray, images: dict, sides: np.ndarray, batch: int =
             b = np.stack([at_size(images[j], tuple(size)) for j in pairs[part, 1]])
             with np.errstate(invalid="ignore"):
                 scores[part, :3] = np.nan_to_num(pair_differences(a, b), nan=np.inf)
+    rescore_jpegs(pairs, scores, images, sizes)
     return scores
 
 
@@ -257,9 +313,9 @@ def link_groups(files: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray, imag
     Near copies join the most alike first, and two groups join only when their largest images are
     the same picture too (compared now if they were no candidates): a downscaled copy has lost the
     detail that tells two look-alikes apart and would otherwise chain them. Two groups never join
-    when a pair across them was compared and differs, nor when two of their files lie in different
-    classes without having been confirmed as the same picture themselves: a label conflict needs
-    direct evidence. `images` holds the decoded rows of every pair.
+    when two of their files lie in different classes without having been confirmed as the same
+    picture themselves: a label conflict needs direct evidence. `images` holds the decoded rows of
+    every pair.
     """
     n, sha, labels = len(files), files["sha256"].to_numpy(), files["label"].to_numpy()
     sides = upright_sides(files)
@@ -275,11 +331,8 @@ def link_groups(files: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray, imag
             verdict[key] = bool(same_picture(score_pairs(np.array([key]), images, sides))[0])
         return verdict[key]
 
-    def allowed(x: int, y: int) -> bool:
-        key = (min(x, y), max(x, y))
-        if verdict.get(key) is False:
-            return False
-        return labels[x] == labels[y] or sha[x] == sha[y] or verdict.get(key) is True
+    def allowed(x: int, y: int) -> bool:  # files of two classes: only when confirmed themselves
+        return labels[x] == labels[y] or sha[x] == sha[y] or verdict.get((min(x, y), max(x, y))) is True
 
     def largest(root: int) -> int:
         return max((m for m in members[root] if m in images), key=lambda m: (sides[m].prod(), -m))
