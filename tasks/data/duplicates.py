@@ -11,22 +11,28 @@ at least one band, so only hashes that share a band value are compared.
 Confirmation. A hash cannot tell a copy from a look-alike: a coat with and without a logo, two
 plain T-shirts, digits scans, all come within a few bits. So each candidate pair is compared at the
 resolution both images really have: the smaller image's own size (at most COMPARE_MAX_SIDE), the
-larger one reduced to it, both upright sRGB as Y, Cb, Cr. Two differences are measured, in grey
-levels, and a copy must stay within both limits (LOCAL_LIMIT, UNEXPLAINED_LIMIT):
-    local        the largest 3x3 mean of the signed brightness difference (or of the smoothed colour
-                 difference). Noise of resampling and JPEG averages out there, a detail does not:
+larger one reduced to it, both upright sRGB as Y, Cb, Cr. Three differences are measured, in
+grey levels, and a copy must stay within every limit (LOCAL_LIMIT, COLOUR_LIMIT, UNEXPLAINED_LIMIT):
+    local        the largest 3x3 mean of the signed brightness difference. Noise of resampling and
+                 JPEG averages out there, a detail does not:
                  it separates a logo, a stripe, a pocket, a 2 px mark or an outline moved by 1.5 px
                  (look-alikes: 20-110 from 28 px on) from copies (JPEG 50-95, up- and downscales:
                  at most 18).
+    colour       the largest local mean (Gaussian, sigma 2 px) of the Cb or Cr difference: a garment
+                 in another colour, not JPEG's coarse half-resolution colour (copies of saturated
+                 photos: at most 19 at quality 50; limit 30).
     unexplained  the largest local mean (Gaussian, sigma 2 px) of how far each pixel falls outside
                  the range of the other image's 3x3 neighbourhood. Softened, ringing or slightly
                  shifted edges stay inside that range; a texture present in one image only does not:
                  it separates a 4-6 px checker of +-25-45 levels (11 and more from 28 px on) from
                  copies (at most 9 at JPEG 60-95, 10-13 for a few JPEG 50 copies).
-Both limits were set on benchmarks/near_duplicates.py's look-alikes and digits (docs/data_quality.md).
+The limits were set on benchmarks/near_duplicates.py's look-alikes and digits (docs/data_quality.md).
 From 28 px on they are 20 and 9.5. Below, JPEG noise grows as large as a detail: at 16 px a JPEG of
 quality 50-70 moves pixels as much as the texture does, so the limits shrink to 10 and 4 there
-(linear between) and such copies are missed rather than look-alikes lost.
+(linear between). What these limits would miss there, JPEGs of quality 50-80, is compared again
+with the other image encoded with the JPEG's own tables (rescore_jpegs): that reproduces a copy's
+noise exactly, and within REENCODED_LIMIT (4 and 2 levels; look-alikes stay 9 and more) it is the
+same picture.
 
 Groups. Near copies join the most alike pair first, and only when the two groups' largest images
 are the same picture too (a downscaled copy can match two look-alikes that do not match each
