@@ -1,6 +1,7 @@
 """Shared fixtures: tiny image folders made in the test, and params pointing at them."""
 from __future__ import annotations
 
+import io
 import socket
 import sys
 from pathlib import Path
@@ -93,3 +94,17 @@ def prefect_server(tmp_path_factory):
             EventsWorker.drain_all()
     finally:
         stop(server)
+
+
+def photo(seed: int, size=(96, 64)) -> Image.Image:
+    """A smooth random colour image: photo-like at the scale a perceptual hash looks at."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    return coarse.resize(size, Image.Resampling.BICUBIC)
+
+
+def near_copy(img: Image.Image) -> bytes:
+    """Resized to half and re-encoded as JPEG: the commonest near-duplicate."""
+    out = io.BytesIO()
+    img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(out, "JPEG", quality=70)
+    return out.getvalue()

@@ -22,7 +22,7 @@ from tasks import clean, split, validate
 from tasks.common import paths
 from tasks.common.config import UserError
 from tasks.data.manifest import read_manifest
-from tests.conftest import make_params, write_image_set
+from tests.conftest import make_params, near_copy, photo, write_image_set
 
 # Expectations the corpus breaks on purpose; listed as warn_only so the pipeline completes.
 BROKEN_ON_PURPOSE = ["image_size", "min_images_per_class", "label_conflict", "allowed_formats"]
@@ -38,20 +38,6 @@ def tree_hash(root: Path) -> str:
         elif path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def photo(seed: int, size=(96, 64)) -> Image.Image:
-    """A smooth random colour image: photo-like at the scale a perceptual hash looks at."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
-    return coarse.resize(size, Image.Resampling.BICUBIC)
-
-
-def near_copy(img: Image.Image) -> bytes:
-    """Resized to half and re-encoded as JPEG: the commonest near-duplicate."""
-    out = io.BytesIO()
-    img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(out, "JPEG", quality=70)
-    return out.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

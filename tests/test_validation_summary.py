@@ -8,31 +8,16 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 import tasks.validate
 from tasks.data import validation_report
 from tasks.validate import run
-from tests.conftest import make_params, write_image_set
+from tests.conftest import make_params, near_copy, photo, write_image_set
 
 THUMB = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 WARN_ONLY = ["duplicate_share", "label_conflict"]
-
-
-def photo(seed: int, size=(96, 64)) -> Image.Image:
-    """A smooth random colour image: photo-like at the scale a perceptual hash looks at."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
-    return coarse.resize(size, Image.Resampling.BICUBIC)
-
-
-def half_size_jpeg(img: Image.Image) -> bytes:
-    """Resized to half and re-encoded as JPEG: the commonest near-copy."""
-    out = io.BytesIO()
-    img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(out, "JPEG", quality=70)
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -46,7 +31,7 @@ def duplicates_root(tmp_path: Path) -> Path:
     shutil.copy(root / "cat/a.png", root / "dog/a_copy.png")
     photo(2).save(root / "cat/b.png")
     shutil.copy(root / "cat/b.png", root / "cat/b_copy.png")
-    (root / "cat/b_small.jpg").write_bytes(half_size_jpeg(photo(2)))
+    (root / "cat/b_small.jpg").write_bytes(near_copy(photo(2)))
     for i in range(13):
         shutil.copy(root / "dog/img_000.png", root / f"dog/tiny_{i:02d}.png")
     exif = Image.Exif()

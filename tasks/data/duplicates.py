@@ -292,9 +292,10 @@ def score_pairs(pairs: np.ndarray, images: dict, sides: np.ndarray, batch: int =
     scores[:, 3] = sizes.min(1)
     for size in np.unique(sizes, axis=0):
         todo = np.flatnonzero((sizes == size).all(1))
+        planes = {row: at_size(images[row], tuple(size)) for row in np.unique(pairs[todo])}  # once per image
         for part in np.array_split(todo, -(-len(todo) // batch)):
-            a = np.stack([at_size(images[i], tuple(size)) for i in pairs[part, 0]])
-            b = np.stack([at_size(images[j], tuple(size)) for j in pairs[part, 1]])
+            a = np.stack([planes[i] for i in pairs[part, 0]])
+            b = np.stack([planes[j] for j in pairs[part, 1]])
             with np.errstate(invalid="ignore"):
                 scores[part, :3] = np.nan_to_num(pair_differences(a, b), nan=np.inf)
     rescore_jpegs(pairs, scores, images, sizes)
