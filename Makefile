@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DOCS_ASSETS := .cache/docs_assets
 
-.PHONY: install run test ops serve promote rollback deps
+.PHONY: install run test test-all ops serve promote rollback deps
 
 install: $(VENV)/.installed $(DOCS_ASSETS)/.installed
 
@@ -25,8 +25,14 @@ $(DOCS_ASSETS)/.installed: $(addprefix tasks/data/docs_assets/,package.json pack
 run: install
 	$(BIN)/python -m flows.pipeline
 
+# Two layers (docs/testing.md); ARGS passes pytest options, e.g. make test ARGS="-m serving".
+# make test: every test not marked slow, the flow's end-to-end run and the served Bento included (~N min).
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup --durations=10 $(ARGS)
+
+# make test-all: every test, in two workers; a skipped test fails the run (.ci/run calls this).
+test-all: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --fail-on-skip --durations=25 $(ARGS)
 
 # The operations stack: Prefect server + deployments + worker, Evidently UI (README, "Operating it").
 ops: install

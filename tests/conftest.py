@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,60 @@ from PIL import Image
 from tasks.common.config import Params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Every test belongs to one area (`pytest -m serving` runs one); pyproject.toml describes each.
+AREAS = ("data", "training", "evaluation", "serving", "monitoring", "ops", "pipeline")
+SLOW_SECONDS = 60  # a test slower than this says why, in its slow marker's reason
+# Under pytest-xdist (make test-all), the tests sharing a session fixture run in one worker, which builds
+# it once: the trained project and the Prefect server it runs on; the packaged Bento.
+XDIST_GROUPS = {"trained": "prefect", "prefect_server": "prefect", "packaged": "bento"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fail-on-skip", action="store_true",
+                     help="exit non-zero if any test was skipped (make test-all: every check must run)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers added here
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test without an area marker, or a slow marker without its reason; group the tests
+    that share a session fixture."""
+    problems = []
+    for item in items:
+        areas = [m.name for m in item.iter_markers() if m.name in AREAS]
+        if len(set(areas)) != 1:
+            problems.append(f"{item.nodeid}: needs exactly one area marker of {', '.join(AREAS)} (has {areas})")
+        slow = item.get_closest_marker("slow")
+        if slow is not None and not slow.kwargs.get("reason"):
+            problems.append(f"{item.nodeid}: @pytest.mark.slow needs reason=\"what makes it slow\"")
+        group = next((XDIST_GROUPS[f] for f in item.fixturenames if f in XDIST_GROUPS), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name the tests over SLOW_SECONDS that are not marked slow with a reason."""
+    unmarked = [(report.duration, report.nodeid) for report in terminalreporter.stats.get("passed", [])
+                if report.when == "call" and report.duration > SLOW_SECONDS
+                and not any(name == "slow" for name in report.keywords)]
+    if unmarked:
+        terminalreporter.section(f"over {SLOW_SECONDS} s without @pytest.mark.slow(reason=...)")
+        for duration, nodeid in sorted(unmarked, reverse=True):
+            terminalreporter.line(f"{duration:6.1f} s  {nodeid}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With --fail-on-skip, a skipped test fails the run (a missing program must be installed, not lost)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not session.config.getoption("--fail-on-skip") or reporter is None or hasattr(session.config, "workerinput"):
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped and session.exitstatus == 0:
+        reporter.write_line(f"--fail-on-skip: {len(skipped)} test(s) skipped; install what their reasons name",
+                            red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def write_image_set(root: Path, classes: dict[str, int], size: int = 16, seed: int = 0) -> list[Path]:
@@ -72,10 +127,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real Prefect server on a free loopback port, with its own SQLite database, started the way
-    the operations command starts it; this process's Prefect settings point at it."""
+    the operations command starts it; this process's Prefect settings point at it. One per session:
+    tests that read back what they made filter by their own flow run, event time or deployment."""
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -94,6 +150,34 @@ def prefect_server(tmp_path_factory):
             EventsWorker.drain_all()
     finally:
         stop(server)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, prefect_server):
+    """The real flow run once over the real dvc.yaml on a tiny image folder, with a local DVC remote and
+    its own BentoML store (tests/projects.py). Read-only: tests that change it take a copy_trained()."""
+    from flows.pipeline import pipeline
+    from tests.projects import Trained, new_project
+
+    base = tmp_path_factory.mktemp("trained")
+    repo, store, remote = new_project(base / "repo"), base / "bentoml", base / "storage"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-q", "-d", "storage", str(remote)], cwd=repo,
+                   check=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(store))
+        state = pipeline(repo_dir=str(repo), return_state=True)
+    if not state.is_completed():
+        pytest.fail(f"the flow failed on the tiny project: {state.message}")
+    return Trained(repo, store, remote, state.result(), str(state.state_details.flow_run_id))
+
+
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory) -> dict:
+    """The package stage run once on a fitted two-class bundle, in its own BentoML store (tests/serving.py).
+    The serving tests add models to that store; none removes what another relies on."""
+    from tests.serving import package_once
+
+    return package_once(tmp_path_factory.mktemp("packaged"))
 
 
 def photo(seed: int, size=(96, 64)) -> Image.Image:

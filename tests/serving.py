@@ -78,41 +78,49 @@ def package_once(workdir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def bentoml_serve(packaged: dict, env: dict, log_name: str = "serve.log"):
-    """`bentoml serve <bento>` on 127.0.0.1, started in the work folder with `env` added; its URL.
+def served(cmd: list[str], cwd: Path, env: dict, log_path: Path, ready_within: float = 180):
+    """`cmd` (a server taking --host and --port) on a free 127.0.0.1 port, started in `cwd` with `env`;
+    its URL once /readyz answers 200.
 
-    Stopped on exit: SIGTERM (the server stops its workers), then SIGKILL to the group if it hangs.
+    Stopped on exit: SIGTERM to its process group (the server stops its workers), then SIGKILL if it hangs.
     """
-    workdir, report = packaged["workdir"], packaged["report"]
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            started = time.perf_counter()
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"{' '.join(cmd[1:4])} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                        break
+                if time.perf_counter() - started > ready_within:
+                    pytest.fail(f"service not ready after {ready_within:.0f} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            print(f"server ready after {time.perf_counter() - started:.1f} s")
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def bentoml_serve(packaged: dict, env: dict, log_name: str = "serve.log"):
+    """`bentoml serve <bento>` of a package_once() result, started in its work folder with `env` added."""
+    workdir, report = packaged["workdir"], packaged["report"]
     full_env = {**os.environ, "BENTOML_HOME": report["bentoml_home"], "BENTOML_DO_NOT_TRACK": "True", **env}
     full_env.pop("IMAGE_CLASSIFIER_MODEL", None)
-    log_path = workdir / log_name
-    log = log_path.open("w")
-    cmd = [sys.executable, "-m", "bentoml", "serve", report["bento_tag"], "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > 120:
-                pytest.fail(f"service not ready after 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        print(f"server ready after {time.perf_counter() - started:.1f} s")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group started above: server and workers
-            proc.wait()
-        log.close()
+    return served([sys.executable, "-m", "bentoml", "serve", report["bento_tag"]], workdir, full_env,
+                  workdir / log_name)
+
+
+def production_serve(project: Path, env: dict):
+    """`python -m tasks.production serve` (what `make serve` runs) in a project folder."""
+    return served([sys.executable, "-m", "tasks.production", "serve"], project, env, project / "serve.log")

@@ -9,6 +9,8 @@ import pytest
 
 from service.access import TOKEN_ENV, TOKEN_FILE_ENV, BearerToken, configured_token
 
+pytestmark = pytest.mark.serving
+
 
 async def hello(scope, receive, send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})

@@ -8,6 +8,8 @@ import pytest
 
 from service.admission import MAX_IN_FLIGHT_ENV, Admission, configured_limit
 
+pytestmark = pytest.mark.serving
+
 
 def slow_app(release: asyncio.Event, status: int = 200):
     async def app(scope, receive, send) -> None:

@@ -16,6 +16,8 @@ from tasks.model.bundle import load_bundle
 from tasks.model.transforms import batch_mix, eval_transform, train_transform
 from tests.conftest import PROJECT_ROOT, write_image_set
 
+pytestmark = pytest.mark.data
+
 SIZE = 32
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std: outputs stay pixel values in [0, 1]
 # Everything off, and a crop that keeps the whole square image: the transform only resizes.

@@ -11,6 +11,8 @@ from torchvision.transforms.v2 import functional as TF
 from tasks.common.config import AugmentParams
 from tasks.training.batch_augment import BatchAugment, batch_augmentable, normalize
 
+pytestmark = pytest.mark.data
+
 SIZE = 32
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std: outputs stay pixel values in [0, 1]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

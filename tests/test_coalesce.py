@@ -8,6 +8,8 @@ import pytest
 
 from service.coalesce import Coalescer
 
+pytestmark = pytest.mark.serving
+
 
 def run(coalescer: Coalescer, requests: list[list]) -> list:
     async def all_at_once():

@@ -11,6 +11,8 @@ import yaml
 from tasks.common.config import UserError, load_params, parse_params
 from tests.conftest import PROJECT_ROOT, make_params
 
+pytestmark = pytest.mark.pipeline
+
 
 def project_params() -> dict:
     return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

@@ -3,6 +3,7 @@ local link resolves inside the docs folder (tasks/data/data_docs_offline.py)."""
 from __future__ import annotations
 
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -12,6 +13,8 @@ import pytest
 from tasks.data.data_docs_offline import CDN_FILES, NODE_MODULES, make_offline
 from tasks.validate import run
 from tests.conftest import make_params, write_image_set
+
+pytestmark = pytest.mark.data
 
 HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)  # http://, https://, //host
 CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+?)['\"]?\s*\)")
@@ -66,7 +69,11 @@ def loaded_files(docs: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory) -> Path:
     """Data Docs built by the validate stage on a tiny three-class image set."""
-    assert (NODE_MODULES / next(iter(CDN_FILES.values()))).is_file(), "Data Docs assets missing: run make install"
+    if not (NODE_MODULES / next(iter(CDN_FILES.values()))).is_file():
+        if shutil.which("npm") is None:
+            pytest.skip("npm not found (make install fetches the Data Docs assets with it): sudo apt-get install npm, "
+                        "then make install")
+        pytest.fail("Data Docs assets missing: run make install")
     work = tmp_path_factory.mktemp("validate")
     write_image_set(work / "images", {"cat": 6, "dog": 6, "fox": 6})
     run(make_params(data={"root": str(work / "images")}), work)

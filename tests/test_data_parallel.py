@@ -21,25 +21,19 @@ from tasks import train
 from tasks.common.config import UserError
 from tasks.training import checkpoint
 from tasks.training.distributed import NODE_RANK_ENV, torchrun_command
-from tests.conftest import PROJECT_ROOT, free_port, make_params, write_image_set
+from tests.conftest import PROJECT_ROOT, free_port, make_params
+from tests.projects import new_project
+
+pytestmark = pytest.mark.training
 
 EPOCHS = 6
 
 
 def dvc_project(root: Path, **train_values) -> Path:
     """A DVC project with the real dvc.yaml and code, reading 36 tiny images."""
-    root.mkdir()
-    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
-    for code in ("tasks", "service"):
-        shutil.copytree(PROJECT_ROOT / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["data"]["root"] = "images"
-    raw["train"].update({"device": "cpu", "image_size": 48, "batch_size": 4, "epochs": EPOCHS,
-                         "early_stopping": {"metric": "accuracy", "patience": 0, "min_delta": 0.0}, **train_values})
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    write_image_set(root / "images", {"cat": 12, "dog": 12, "fox": 12})
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
-    return root
+    return new_project(root, {"cat": 12, "dog": 12, "fox": 12}, train={
+        "device": "cpu", "image_size": 48, "batch_size": 4, "epochs": EPOCHS,
+        "early_stopping": {"metric": "accuracy", "patience": 0, "min_delta": 0.0}, **train_values})
 
 
 def repro(root: Path, *args: str) -> subprocess.Popen:
@@ -61,7 +55,7 @@ def training_workers(launcher: subprocess.Popen) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="torchrun trains in two processes, one is killed, the run resumes")
 def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_killed_worker(tmp_path):
     root = dvc_project(tmp_path / "project", processes=2)
     first = repro(root, "train")
@@ -102,7 +96,7 @@ def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_killed_worker(tmp
     assert "up to date" in status.stdout, status.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="two torchrun nodes meet at a rendezvous and train")
 def test_two_nodes_meet_at_the_rendezvous_and_node_0_gets_the_outputs(tmp_path):
     port = free_port()
     node0 = dvc_project(tmp_path / "node0", nodes=2, rendezvous=f"127.0.0.1:{port}", epochs=2)

@@ -24,6 +24,8 @@ from tasks.common.config import UserError
 from tasks.data.manifest import read_manifest
 from tests.conftest import make_params, near_copy, photo, write_image_set
 
+pytestmark = pytest.mark.data
+
 # Expectations the corpus breaks on purpose; listed as warn_only so the pipeline completes.
 BROKEN_ON_PURPOSE = ["image_size", "min_images_per_class", "label_conflict", "allowed_formats"]
 

@@ -17,6 +17,8 @@ from tasks.monitoring import workspace
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import FEATURE_COLUMNS, LOGGED_COLUMNS
 
+pytestmark = pytest.mark.monitoring
+
 START = datetime(2025, 3, 1, 8, 0)
 END = START + timedelta(hours=1)
 

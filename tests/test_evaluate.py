@@ -24,6 +24,8 @@ from tasks.evaluation.metrics import classification_metrics, slice_metrics
 from tasks.model.bundle import load_bundle
 from tests.test_stages import prepare
 
+pytestmark = pytest.mark.evaluation
+
 
 def planted(n: int, classes: int, sharpness: float, seed: int = 0):
     """Targets and logits of a model that is perfectly calibrated at sharpness 1: each image's class

@@ -3,23 +3,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tasks.common.paths import POINTER
-from tasks.model.registry import write_pointer
-from tests.conftest import PROJECT_ROOT, write_image_set
+from tests.projects import copy_trained, under_git
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.pipeline, pytest.mark.slow(reason="trains a second model in a DVC experiment")]
 
 
 def run(repo: Path, *args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "BENTOML_HOME": str(repo.parent / "bentoml"),  # the copy's own store (the gate reads the champion)
            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
     done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
@@ -28,22 +25,10 @@ def run(repo: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory) -> Path:
-    """A git + DVC repo of the project on a tiny image folder, with experiments `base` and `fast`."""
-    repo = tmp_path_factory.mktemp("experiments")
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(PROJECT_ROOT / name, repo / name)
-    for code in ("tasks", "service"):
-        shutil.copytree(PROJECT_ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
-    write_pointer(repo / POINTER, {"current": None, "previous": []})  # whatever this checkout's says
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["data"]["root"] = "images"
-    params["train"].update({"epochs": 2, "batch_size": 16})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_image_set(repo / "images", {"cat": 10, "dog": 10, "fox": 10})
-    (repo / ".gitignore").write_text("/data\n/models\n/reports\n/checkpoints\n/.cache\n__pycache__\n")
-    run(repo, "git", "init", "-q")
-    run(repo, sys.executable, "-m", "dvc", "init", "-q")
+def experiments(trained, tmp_path_factory) -> Path:
+    """The trained project under git, with experiments `base` (the trained one, restored from DVC's run
+    cache) and `fast` (another learning rate, trained)."""
+    repo = under_git(copy_trained(trained, tmp_path_factory.mktemp("experiments") / "copy").repo)
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline")
     # Up to the gate (package and monitor add nothing to compare), with augment for its preview plot.

@@ -1,84 +1,57 @@
-"""The real Prefect flow over the real dvc.yaml, on a tiny image folder in a scratch DVC repo."""
+"""The real Prefect flow over the real dvc.yaml, on a tiny image folder in a scratch DVC repo.
+
+The first run is the session's shared trained project (conftest.py); the tests that run the flow
+again do it on a copy.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
-import sys
+import os
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from dvc.repo import Repo
 from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
 from tasks.common.paths import POINTER
-from tasks.model.registry import current_model, write_pointer
-from tests.conftest import PROJECT_ROOT, write_image_set
+from tasks.model.registry import current_model
+from tests.projects import Trained, copy_trained, new_project, set_params
+from tests.serving import production_serve
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    """One ephemeral Prefect API for the module (starting one costs seconds)."""
-    with prefect_test_harness():
-        yield
+pytestmark = pytest.mark.pipeline
 
 
-def scratch_repo(tmp_path: Path, classes: dict[str, int], **train) -> Path:
-    """A DVC repo with the project's dvc.yaml and params.yaml, reading a tiny image folder."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(PROJECT_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    for code in ("tasks", "service"):  # stage dependencies in dvc.yaml
-        shutil.copytree(PROJECT_ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
-    # No production model yet, whatever this checkout's pointer says after a `make run`.
-    write_pointer(repo / POINTER, {"current": None, "previous": []})
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["data"]["root"] = "images"
-    params["train"].update({"epochs": 1, "batch_size": 16, **train})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "data" / "traffic").mkdir(parents=True)
-    (repo / "data" / "traffic" / ".gitkeep").touch()
-    write_image_set(repo / "images", classes)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
-    return repo
-
-
-def read_artifact(key: str) -> dict | None:
-    """The newest artifact with this key, straight from the REST API.
+def read_artifact(key: str, flow_run_id: str) -> dict | None:
+    """The newest artifact with this key made by this flow run, straight from the REST API.
 
     (prefect 3.8.8's client helpers send nulls or run filters that this endpoint rejects or that
     exclude flow-level artifacts.)
     """
     with get_client(sync_client=True) as client:
-        body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1, "offset": 0}
+        body = {"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [flow_run_id]}},
+                "sort": "CREATED_DESC", "limit": 1, "offset": 0}
         found = client.request("POST", "/artifacts/filter", json=body).json()
     return found[0] if found else None
 
 
-def set_train(repo: Path, **values) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def run_flow(repo: Path) -> tuple[dict, str]:
+    """The flow's summary and its flow run id."""
+    state = pipeline(repo_dir=str(repo), return_state=True)
+    return state.result(), str(state.state_details.flow_run_id)
 
 
-def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, monkeypatch, prefect_api):
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    repo = scratch_repo(tmp_path, {"cat": 10, "dog": 10, "fox": 10})
+def test_the_flow_runs_every_stage_promotes_and_pushes(trained: Trained):
+    """The end-to-end smoke test: the shared trained project is this run (conftest.py)."""
+    repo, first = trained.repo, dict(trained.summary)
     stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    remote = tmp_path / "storage"
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "storage", str(remote)], cwd=repo, check=True)
-
-    first = pipeline(repo_dir=str(repo))
     package = json.loads((repo / "reports/package/bento.json").read_text())
     pushed = int(first.pop("push").removesuffix(" files pushed to remote storage"))
     assert first == {**{stage: "ran" for stage in stages}, "promote": f"promoted {package['model_tag']}"}
-    assert pushed > 0 and len([f for f in remote.rglob("*") if f.is_file()]) == pushed
+    assert pushed > 0 and len([f for f in trained.remote.rglob("*") if f.is_file()]) == pushed
     for artifact in [
         "data/manifest.csv", "reports/validate/data_docs/index.html", "data/clean/quarantine.csv",
         "data/split/test.csv", "models/model.safetensors", "reports/evaluate/confusion_matrix.png",
@@ -90,23 +63,46 @@ def test_flow_runs_every_stage_then_skips_and_reruns_only_downstream(tmp_path, m
     assert set(lock["stages"]) == set(stages)
     assert current_model(repo / POINTER) == package["model_tag"]
 
-    table = read_artifact("evaluation-metrics")
+    table = read_artifact("evaluation-metrics", trained.flow_run_id)
     assert table is not None and "accuracy" in table["description"]
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert {row["class"] for row in json.loads(table["data"])} == set(metrics["per_class"])
-    report = read_artifact("evaluation-report")
+    report = read_artifact("evaluation-report", trained.flow_run_id)
     assert (repo / "reports/evaluate/report.html").as_uri() in report["data"]
 
+
+@pytest.mark.slow(reason="starts a second server (make test's serving tests have one)")
+def test_the_promoted_model_is_served(trained: Trained, tmp_path):
+    """`python -m tasks.production serve` (make serve) on the flow's promotion answers one upload."""
+    project = copy_trained(trained, tmp_path / "copy")  # the service logs traffic into the project
+    env = {**os.environ, "BENTOML_HOME": str(project.bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
+    image = next((project.repo / "images/cat").glob("*.png"))
+    with production_serve(project.repo, env) as url:
+        answer = httpx.post(url + "/classify", files={"images": (image.name, image.read_bytes(), "image/png")},
+                            timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == current_model(project.repo / POINTER)
+    [result] = answer.json()["results"]
+    assert {p["label"] for p in result["predictions"]} == {"cat", "dog", "fox"}
+
+
+@pytest.mark.slow(reason="runs the flow three more times and asks dvc status six times")
+def test_flow_skips_what_is_up_to_date_and_reruns_only_downstream(trained: Trained, tmp_path, monkeypatch):
+    project = copy_trained(trained, tmp_path / "copy")
+    repo = project.repo
+    monkeypatch.setenv("BENTOML_HOME", str(project.bentoml_home))
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+
     # The promotion changed production, so only the gate looks again: the champion is this model.
-    second = pipeline(repo_dir=str(repo))
+    second, _ = run_flow(repo)
     assert second["gate"] == "ran" and second["promote"].startswith("not promoted (already in production)")
     assert all(second[s] == "skipped (up to date)" for s in stages if s != "gate")
-    third = pipeline(repo_dir=str(repo))
+    third, _ = run_flow(repo)
     assert {s: third[s] for s in stages} == {stage: "skipped (up to date)" for stage in stages}
     assert_code_edits_change_only_the_stages_that_run_them(repo)
 
-    set_train(repo, lr=0.01)  # another learning rate: the model and everything after it change
-    fourth = pipeline(repo_dir=str(repo))
+    set_params(repo, "train", lr=0.01)  # another learning rate: the model and everything after it change
+    fourth, _ = run_flow(repo)
     upstream = stages[: stages.index("train")]
     assert {s: fourth[s] for s in upstream} == {s: "skipped (up to date)" for s in upstream}
     assert all(fourth[s] == "ran" for s in stages[stages.index("train"):])
@@ -141,17 +137,18 @@ def assert_code_edits_change_only_the_stages_that_run_them(repo: Path) -> None:
     assert changed_stages(repo) == set()
 
 
-def test_flow_stops_before_promotion_when_the_gate_refuses(tmp_path, monkeypatch, prefect_api, caplog):
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    repo = scratch_repo(tmp_path, {"cat": 10, "dog": 10, "fox": 10}, epochs=3, lr=0.005)
-    pipeline(repo_dir=str(repo))
+@pytest.mark.slow(reason="trains a second model and runs every stage after train again")
+def test_flow_stops_before_promotion_when_the_gate_refuses(trained: Trained, tmp_path, monkeypatch, caplog):
+    project = copy_trained(trained, tmp_path / "copy")
+    repo = project.repo
+    monkeypatch.setenv("BENTOML_HOME", str(project.bentoml_home))
     champion = current_model(repo / POINTER)
     pointer = (repo / POINTER).read_bytes()
     assert champion is not None
 
-    set_train(repo, epochs=1, lr=1e-9)  # a challenger whose new head never learned
+    set_params(repo, "train", lr=1e-9)  # a challenger whose new head never learned
     with caplog.at_level("WARNING"):
-        summary = pipeline(repo_dir=str(repo))
+        summary, run_id = run_flow(repo)
 
     decision = json.loads((repo / "reports/gate/decision.json").read_text())
     assert decision["verdict"] == "refuse" and decision["champion"]["model"] == champion
@@ -159,25 +156,23 @@ def test_flow_stops_before_promotion_when_the_gate_refuses(tmp_path, monkeypatch
     assert summary["package"] == "ran"
     assert summary["promote"] == f"not promoted (refuse): {'; '.join(decision['reasons'])}"
     assert (repo / POINTER).read_bytes() == pointer  # production still points at the champion
-    artifact = read_artifact("gate-decision")
+    artifact = read_artifact("gate-decision", run_id)
     assert artifact["description"].startswith("refuse: ") and reason in artifact["data"]
     assert champion in artifact["data"]
     assert any("gate: refuse" in record.getMessage() and reason in record.getMessage() for record in caplog.records)
 
 
-def test_flow_stops_with_the_stage_reason_on_bad_data(tmp_path, prefect_api):
-    repo = scratch_repo(tmp_path, {"only_class": 8})
+def test_flow_stops_with_the_stage_reason_on_bad_data(tmp_path, prefect_server):
+    repo = new_project(tmp_path / "repo", {"only_class": 8})
     state = pipeline(repo_dir=str(repo), return_state=True)
     assert state.is_failed()
     assert "stage validate failed" in state.message and "class" in state.message
     assert not (repo / "models").exists()
 
 
-def test_flow_checks_params_and_data_root_before_any_stage(tmp_path, prefect_api):
-    repo = scratch_repo(tmp_path, {"cat": 4, "dog": 4})
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["root"] = "no/such/folder"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+def test_flow_checks_params_and_data_root_before_any_stage(tmp_path, prefect_server):
+    repo = new_project(tmp_path / "repo", {"cat": 4, "dog": 4})
+    set_params(repo, "data", root="no/such/folder")
     state = pipeline(repo_dir=str(repo), return_state=True)
     assert state.is_failed() and "data.root:" in state.message and "is not a folder" in state.message
     assert not (repo / "dvc.lock").exists()  # not even the sample stage ran

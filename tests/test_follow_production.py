@@ -26,9 +26,9 @@ from tasks.model.bundle import META_FILE, WEIGHTS_FILE
 from tasks.model.registry import FOLLOW_ENV, archive_bento, model_dir, write_pointer
 from tasks.production import rollback
 from tests.conftest import PROJECT_ROOT, write_image_set
-from tests.serving import bentoml_serve, package_once
+from tests.serving import bentoml_serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.serving, pytest.mark.slow(reason="serves a second Bento and switches its model under load")]
 
 SWITCH_WITHIN = 30.0  # seconds from a change of production to the service answering with the new model
 IMPORT_WITHIN = 120.0  # the same when the model must first be imported from deploy/store (a `bentoml import`
@@ -58,8 +58,7 @@ def garbage_weights(bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def following(tmp_path_factory):
-    packaged = package_once(tmp_path_factory.mktemp("follow"))
+def following(packaged):
     workdir, report = packaged["workdir"], packaged["report"]
     tags = {"a": report["model_tag"], "b": save_variant(packaged, "sharper", sharper),
             "broken": save_variant(packaged, "broken", garbage_weights)}

@@ -14,6 +14,8 @@ from tasks.common.config import UserError
 from tasks.model import registry
 from tests.test_stages import prepare
 
+pytestmark = pytest.mark.evaluation
+
 
 def correctness(n: int, both_right: int, champion_only: int, challenger_only: int):
     """Per-image correctness of champion and challenger with planted disagreement counts."""
@@ -71,7 +73,7 @@ def test_gate_passes_the_first_model_when_there_is_no_champion():
     assert decision["reasons"] == ["there is no production model yet: the first model passes"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains two real models and packages both")
 def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     monkeypatch.chdir(tmp_path)  # production's command line works on the current folder

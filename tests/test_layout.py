@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import graphlib
 
+import pytest
 import yaml
 
 from tasks.common.code_deps import (
@@ -15,6 +16,8 @@ from tasks.common.code_deps import (
     write_code_deps,
 )
 from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.pipeline
 
 COMMANDS = {"tasks.production"}  # beside the stages at the top of tasks/: promote, rollback, show
 

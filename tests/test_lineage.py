@@ -19,6 +19,8 @@ from tasks.model import registry
 from tasks.model.lineage import KEYS, TRIGGER_ENV, bento_labels, collect_lineage, format_lineage
 from tests.conftest import PROJECT_ROOT, make_params
 
+pytestmark = pytest.mark.pipeline
+
 DATA_HASH = "3f1c0a9e2b7d4c5a8e6f1b2c3d4e5f60.dir"
 SPLIT_HASH = "9a8b7c6d5e4f30211203f4e5d6c7b8a9.dir"
 

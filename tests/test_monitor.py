@@ -21,6 +21,8 @@ from tasks.monitoring import drift, traffic
 from tasks.monitoring.features import profile_images
 from tests.conftest import make_params, write_image_set
 
+pytestmark = pytest.mark.monitoring
+
 CLASSES = {"cat": 15, "dog": 15, "fox": 15}
 IMAGE_SIZE = 32
 

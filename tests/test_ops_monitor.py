@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ from tasks.monitoring.features import profile_images
 from tasks.monitoring.windows import read_windows
 from tests.conftest import PROJECT_ROOT, write_image_set
 from tests.test_monitor import write_bundle, write_split
+
+pytestmark = [pytest.mark.ops, pytest.mark.slow(reason="a real Prefect server: schedules, automations, events")]
 
 MIN_TRAFFIC = 20
 
@@ -55,13 +57,15 @@ def fresh_images(tmp_path: Path, seed: int, darken: float = 1.0) -> list[Image.I
     return [Image.fromarray((np.asarray(open_rgb(p)) * darken).astype(np.uint8)) for p in paths]
 
 
-def drift_events(expected: int = 0) -> list[dict]:
-    """Drift events the server has stored: polled, as the server writes events in batches."""
+def drift_events(project: Path, expected: int = 0) -> list[dict]:
+    """Drift events the server has stored since the project was made (the server is the session's):
+    polled, as the server writes events in batches."""
     EventsWorker.drain_all()
     deadline = time.monotonic() + (20 if expected else 6)
+    since = datetime.fromtimestamp((project / "params.yaml").stat().st_mtime, timezone.utc).isoformat()
     while True:
         with get_client(sync_client=True) as client:
-            body = {"filter": {"event": {"name": [DRIFT_EVENT]}}, "limit": 50}
+            body = {"filter": {"event": {"name": [DRIFT_EVENT]}, "occurred": {"since": since}}, "limit": 50}
             events = client.request("POST", "/events/filter", json=body).json()["events"]
         if len(events) >= expected and (expected or time.monotonic() > deadline) or time.monotonic() > deadline:
             return events
@@ -79,7 +83,7 @@ def test_a_window_below_min_traffic_is_recorded_as_not_enough_traffic(project: P
     window = monitor(repo_dir=str(project))
     assert window["status"] == "not enough traffic" and window["images"] == 5
     assert read_windows(project / ".ops") == [window]
-    assert drift_events() == []
+    assert drift_events(project) == []
 
 
 def test_clean_traffic_is_no_drift_and_starts_nothing(project: Path, tmp_path: Path):
@@ -89,7 +93,7 @@ def test_clean_traffic_is_no_drift_and_starts_nothing(project: Path, tmp_path: P
     assert window["status"] == "no drift", window["drifted_columns"]
     assert set(window["prediction_mix"]) <= {"cat", "dog", "fox"} and 0 < window["mean_confidence"] <= 1
     assert Path(window["report"]).is_file() and len(snapshots(project)) == 1
-    assert drift_events() == []
+    assert drift_events(project) == []
 
 
 def test_a_drifted_window_is_recorded_and_emits_one_drift_event(project: Path, tmp_path: Path):
@@ -98,7 +102,7 @@ def test_a_drifted_window_is_recorded_and_emits_one_drift_event(project: Path, t
     assert window["status"] == "drift" and "brightness" in window["drifted_columns"]
     assert [w["status"] for w in read_windows(project / ".ops")] == ["not enough traffic", "no drift", "drift"]
     assert len(snapshots(project)) == 2
-    (event,) = drift_events(expected=1)
+    (event,) = drift_events(project, expected=1)
     assert "brightness" in event["payload"]["summary"] and event["payload"]["end"] == window["end"]
     assert json.loads(Path(window["report"]).with_suffix(".json").read_text())["dataset_drift"] is True
     assert pd.read_csv(next((project / ".ops/monitor/reference").glob("*.csv"))).shape[0] == 45

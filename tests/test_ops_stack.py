@@ -3,7 +3,6 @@ Ctrl-C, start again and find everything where it was; and its one-line errors.""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,29 +17,21 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.ops import main as ops_main
 from tasks.common.paths import POINTER
-from tasks.model.registry import read_pointer, write_pointer
-from tests.conftest import PROJECT_ROOT, free_port, write_image_set
+from tasks.model.registry import read_pointer
+from tests.conftest import PROJECT_ROOT, free_port
+from tests.projects import new_project
+
+pytestmark = pytest.mark.ops
 
 READY = "Ctrl-C stops everything."
 
 
 def ops_project(root: Path, **ops) -> Path:
-    """A project folder the operations command can run in: code, dvc.yaml, params, tiny images."""
-    root.mkdir(parents=True, exist_ok=True)
-    for code in ("tasks", "flows", "service"):
-        shutil.copytree(PROJECT_ROOT / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
-    write_pointer(root / POINTER, {"current": None, "previous": []})
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["data"]["root"] = "images"
-    raw["train"].update({"epochs": 1, "batch_size": 16})
-    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port(), **ops})
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (root / "data/traffic").mkdir(parents=True)
-    write_image_set(root / "images", {"cat": 10, "dog": 10, "fox": 10})
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
-    return root
+    """A project folder the operations command can run in: code, dvc.yaml, params, tiny images, free ports."""
+    ports = {"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port()}
+    return new_project(root, code=("tasks", "flows", "service"), ops={**ports, **ops})
 
 
 def start_ops(root: Path, env: dict) -> subprocess.Popen:
@@ -72,7 +63,7 @@ def port_is_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="starts the whole stack twice and runs the pipeline through its worker")
 def test_the_stack_retrains_through_its_worker_stops_cleanly_and_resumes(tmp_path: Path):
     root = ops_project(tmp_path / "project")
     ops = yaml.safe_load((root / "params.yaml").read_text())["ops"]
@@ -118,12 +109,22 @@ def test_the_stack_retrains_through_its_worker_stops_cleanly_and_resumes(tmp_pat
     print(f"stack ready in {startup:.1f} s")
 
 
-def run_ops(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.ops", *args], cwd=root, text=True, capture_output=True,
-                          timeout=120)
+def ops_error(root: Path, monkeypatch, capsys, *args: str) -> str:
+    """What `python -m flows.ops` prints when it refuses to start, run in this process (an interpreter
+    start per case costs 14 s here); it must exit with status 2."""
+    monkeypatch.chdir(root)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
+    try:
+        with pytest.raises(SystemExit) as exited:
+            ops_main(list(args))
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
 
 
-def test_bad_operational_input_gets_one_line(tmp_path: Path):
+def test_bad_operational_input_gets_one_line(tmp_path: Path, monkeypatch, capsys):
     root = tmp_path / "p"
     root.mkdir()
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -132,8 +133,13 @@ def test_bad_operational_input_gets_one_line(tmp_path: Path):
     def with_ops(**ops) -> None:
         (root / "params.yaml").write_text(yaml.safe_dump({**raw, "ops": {**raw["ops"], **ops}}, sort_keys=False))
 
+    # The command line itself, once: one line on stderr, exit status 2.
+    with_ops(retrain={**raw["ops"]["retrain"], "cron": "0 25 * * *"})
+    done = subprocess.run([sys.executable, "-m", "flows.ops"], cwd=root, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "ops.retrain.cron: invalid cron" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
     cases = [
-        ({"retrain": {**raw["ops"]["retrain"], "cron": "0 25 * * *"}}, (), "ops.retrain.cron: invalid cron"),
         ({"retrain": {**raw["ops"]["retrain"], "cooldown_minutes": "6h"}}, (),
          "ops.retrain.cooldown_minutes: Input should be a valid integer"),
         ({}, ("--api-url", f"http://127.0.0.1:{free_port()}/api"), "cannot be reached"),
@@ -144,6 +150,6 @@ def test_bad_operational_input_gets_one_line(tmp_path: Path):
         cases.append(({"prefect_port": busy.getsockname()[1]}, (), "is in use (ops.prefect_port)"))
         for ops, args, message in cases:
             with_ops(**ops)
-            done = run_ops(root, *args)
-            assert done.returncode == 2, done.stderr
-            assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+            stderr = ops_error(root, monkeypatch, capsys, *args)
+            assert stderr.startswith("ops: error: ") and message in stderr, stderr
+            assert len(stderr.strip().splitlines()) == 1, stderr

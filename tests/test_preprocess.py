@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from tasks.model.bundle import preprocess
 from tasks.model.transforms import eval_transform
+
+pytestmark = pytest.mark.data
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

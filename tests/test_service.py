@@ -26,18 +26,14 @@ from tasks.model.bundle import load_bundle
 from tasks.model.lineage import KEYS
 from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tests.conftest import make_params, write_image_set
-from tests.serving import IMAGE_SIZE, bentoml_serve, package_once
+from tests.serving import IMAGE_SIZE, bentoml_serve
+
+pytestmark = pytest.mark.serving
 
 TOKEN = "test-token-7f3a"
 MAX_IN_FLIGHT = 48  # above the 32 concurrent requests of the batching test, below the overload test's burst
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRAFFIC = "traffic"  # relative: the service resolves it against the folder `bentoml serve` started in
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory) -> dict:
-    """The package stage run once, with BENTOML_HOME in a temporary folder."""
-    return package_once(tmp_path_factory.mktemp("service"))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +73,6 @@ def upload(path: Path, name: str) -> tuple:
 # ------------------------------------------------------------------------------ package stage
 
 
-@pytest.mark.slow
 def test_package_stores_model_and_bento(packaged: dict):
     report, result = packaged["report"], packaged["result"]
     assert result["model"] == report["model_tag"] and result["bento"] == report["bento_tag"]
@@ -127,7 +122,6 @@ def test_package_without_an_evaluated_bundle_says_what_to_run(tmp_path: Path):
 # ------------------------------------------------------------------------------ HTTP API
 
 
-@pytest.mark.slow
 def test_upload_gets_the_right_label(server: dict, samples: dict[str, Path]):
     started = time.perf_counter()
     resp = classify(server["url"], [upload(samples["dog"], "my dog.png")])
@@ -149,7 +143,6 @@ def test_upload_gets_the_right_label(server: dict, samples: dict[str, Path]):
     assert abs(calibrated.max() - logits.softmax(1).max().item()) > 0.01
 
 
-@pytest.mark.slow
 def test_two_images_in_one_request(server: dict, samples: dict[str, Path]):
     resp = classify(server["url"], [upload(samples["cat"], "a.png"), upload(samples["dog"], "b.png")], data={"top_k": "1"})
 
@@ -203,7 +196,6 @@ BAD_REQUESTS = {  # case: (request arguments given a good PNG, expected "loc: me
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_input_is_a_4xx_json_error(server: dict, samples: dict[str, Path], case: str):
     build, expected = BAD_REQUESTS[case]
@@ -217,7 +209,6 @@ def test_bad_input_is_a_4xx_json_error(server: dict, samples: dict[str, Path], c
     assert any(p.startswith(expected) for p in problems), problems
 
 
-@pytest.mark.slow
 def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[str, Path]):
     """Concurrent requests share forward passes: the service's histogram of images per forward pass."""
 
@@ -252,7 +243,6 @@ def test_concurrent_requests_share_forward_passes(server: dict, samples: dict[st
     assert 1 <= passes_after - passes_before < 32 // 2
 
 
-@pytest.mark.slow
 def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]):
     def logged_rows() -> dict[Path, list[dict]]:
         """Rows per log file: each API worker writes its own."""
@@ -288,7 +278,6 @@ def test_a_token_guards_the_api_not_the_health_checks(server: dict, samples: dic
     assert TOKEN not in (server["workdir"] / "serve.log").read_text()  # never logged
 
 
-@pytest.mark.slow
 def test_overload_is_refused_with_retry_after_and_the_rest_answered(server: dict, samples: dict[str, Path]):
     image = samples["cat"].read_bytes()
 

@@ -12,7 +12,6 @@ import getpass
 import io
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,14 +20,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from PIL import Image
 
 from tasks.common.paths import POINTER
-from tasks.model.registry import archive_path, read_pointer, write_pointer
-from tests.conftest import PROJECT_ROOT, free_port, write_image_set
+from tasks.model.registry import archive_path, read_pointer
+from tests.conftest import PROJECT_ROOT, free_port
+from tests.projects import Trained, copy_trained, under_git
+from tests.serving import production_serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ops,
+              pytest.mark.slow(reason="pushes and pulls over SSH, then serves on a second machine")]
 SSHD = Path("/usr/sbin/sshd")
 
 
@@ -37,7 +38,7 @@ def ssh_server(tmp_path: Path):
     """sshd on 127.0.0.1:<free port> accepting only a throwaway key; yields (port, key, home) where
     `home` is a HOME whose ~/.ssh/known_hosts pins the server's host key."""
     if not SSHD.is_file():
-        pytest.fail(f"{SSHD} not found: install OpenSSH's server (apt-get install openssh-server), as .ci/run does")
+        pytest.skip(f"{SSHD} not found: sudo apt-get install openssh-server (.ci/run installs it)")
     keys = tmp_path / "ssh"
     keys.mkdir()
     for name in ("host_key", "user_key"):
@@ -88,28 +89,15 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def first_machine(root: Path, remote_url: str, key: Path) -> Path:
-    """A git + DVC project laid out like this one: code, dvc.yaml, params, a pointer, tiny images."""
-    root.mkdir()
-    for code in ("tasks", "service"):
-        shutil.copytree(PROJECT_ROOT / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
-    for file in ("dvc.yaml", ".dvcignore", ".gitignore", "deploy/.gitignore"):
-        (root / file).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT_ROOT / file, root / file)
-    write_pointer(root / POINTER, {"current": None, "previous": []})
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["data"]["root"] = "images"
-    raw["train"].update({"epochs": 1, "batch_size": 16})
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (root / "data/traffic").mkdir(parents=True)
-    (root / "data/traffic/.gitkeep").touch()
-    write_image_set(root / "images", {"cat": 10, "dog": 10, "fox": 10})
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(dvc("init", "-q"), cwd=root, check=True)
-    subprocess.run(dvc("add", "-q", "images"), cwd=root, check=True)  # the user's dvc add-ed data.root
-    subprocess.run(dvc("remote", "add", "-d", "storage", remote_url), cwd=root, check=True)
-    subprocess.run(dvc("remote", "modify", "--local", "storage", "keyfile", str(key)), cwd=root, check=True)
-    return root
+def first_machine(trained: Trained, root: Path, remote_url: str, key: Path) -> Trained:
+    """The trained project (its flow ran, promoted) as a git + DVC project, its data.root `dvc add`-ed,
+    its default remote over SSH."""
+    machine = copy_trained(trained, root)
+    repo = under_git(machine.repo)
+    subprocess.run(dvc("add", "-q", "images"), cwd=repo, check=True)  # the user's dvc add-ed data.root
+    subprocess.run(dvc("remote", "modify", "storage", "url", remote_url), cwd=repo, check=True)
+    subprocess.run(dvc("remote", "modify", "--local", "storage", "keyfile", str(key)), cwd=repo, check=True)
+    return machine
 
 
 def commit(root: Path, message: str) -> None:
@@ -118,50 +106,21 @@ def commit(root: Path, message: str) -> None:
                    cwd=root, check=True)
 
 
-@contextlib.contextmanager
-def serving(root: Path, env: dict):
-    """`python -m tasks.production serve` on a free loopback port until ready; its URL."""
-    port = free_port()
-    log_path = root / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.production", "serve", "--host", "127.0.0.1", "--port",
-                                 str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 180
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                if time.time() > deadline:
-                    pytest.fail(f"not ready after 180 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def test_a_second_machine_pulls_over_ssh_finds_everything_up_to_date_and_serves_production(tmp_path, ssh_server):
+def test_a_second_machine_pulls_over_ssh_finds_everything_up_to_date_and_serves_production(trained, tmp_path,
+                                                                                            ssh_server):
     port, key, home = ssh_server
     remote_dir = tmp_path / "remote"
     remote_url = f"ssh://{getpass.getuser()}@127.0.0.1:{port}{remote_dir}"
 
-    # Machine A runs the pipeline, promotes, re-checks the gate against the new champion, pushes.
-    a = first_machine(tmp_path / "a", remote_url, key)
-    env_a = machine_env(home, tmp_path / "store-a")
-    run(dvc("repro"), a, env_a)
+    # Machine A ran the pipeline and promoted (the shared trained project); it re-checks the gate against
+    # the new champion, finds the promotion done, pushes.
+    machine_a = first_machine(trained, tmp_path / "a", remote_url, key)
+    a, env_a = machine_a.repo, machine_env(home, machine_a.bentoml_home)
+    run(dvc("repro"), a, env_a)  # only the gate: "already in production"
     run([sys.executable, "-m", "tasks.production", "promote"], a, env_a)
     production = read_pointer(a / POINTER)["current"]
     assert (a / archive_path(production["model"])).is_file() and (a / "deploy/store.dvc").is_file()
-    run(dvc("repro"), a, env_a)  # only the gate: "already in production"
+    assert "Data and pipelines are up to date." in run(dvc("status"), a, env_a)
     commit(a, "pipeline run and promotion")
     run(dvc("push"), a, env_a)
     assert any(remote_dir.rglob("*.dir")), "nothing reached the SSH remote"
@@ -178,7 +137,7 @@ def test_a_second_machine_pulls_over_ssh_finds_everything_up_to_date_and_serves_
 
     shown = run([sys.executable, "-m", "tasks.production", "show"], b, env_b)
     assert f"production: {production['model']}" in shown and "lineage:       unknown" not in shown, shown
-    with serving(b, env_b) as url:
+    with production_serve(b, env_b) as url:
         image = io.BytesIO()
         Image.open(next((b / "images/cat").glob("*.png"))).save(image, "PNG")
         answer = httpx.post(url + "/classify", files={"images": ("cat.png", image.getvalue(), "image/png")}, timeout=60)

@@ -15,6 +15,8 @@ from tasks.common.config import UserError
 from tasks.model.bundle import load_bundle
 from tests.conftest import make_params, write_image_set
 
+pytestmark = pytest.mark.pipeline
+
 
 def tree_digest(root: Path) -> str:
     digest = hashlib.sha256()

@@ -29,6 +29,8 @@ from tasks.training.optim import EarlyStopping, make_loss, sample_weights
 from tasks.training.strategies import layer_groups, param_groups, set_trainable, trainable_groups
 from tests.conftest import PROJECT_ROOT, make_params, write_splits
 
+pytestmark = pytest.mark.training
+
 NO_STOP = {"metric": "accuracy", "patience": 0, "min_delta": 0.0}
 FAST = {"epochs": 2, "batch_size": 8, "image_size": 32, "early_stopping": NO_STOP}
 FIGURES = ["train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "trainable_params"]
@@ -126,7 +128,7 @@ def test_two_runs_with_one_seed_match_and_another_seed_differs(tmp_path):
     assert not runs["first"].equals(runs["other"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains 6 epochs twice, one run killed and resumed")
 def test_a_killed_run_resumes_and_ends_where_an_unbroken_one_does(tmp_path, capsys):
     params = train_params(epochs=6, image_size=48, batch_size=4)
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"

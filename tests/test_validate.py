@@ -14,6 +14,8 @@ from tasks.data.manifest import MANIFEST_COLUMNS, read_manifest
 from tasks.validate import run
 from tests.conftest import make_params, write_image_set
 
+pytestmark = pytest.mark.data
+
 
 def params_for(root: Path, **validate):
     return make_params(data={"root": str(root)}, validate=validate)

@@ -16,6 +16,8 @@ from tasks.data import validation_report
 from tasks.validate import run
 from tests.conftest import make_params, near_copy, photo, write_image_set
 
+pytestmark = pytest.mark.data
+
 THUMB = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 WARN_ONLY = ["duplicate_share", "label_conflict"]
 

@@ -5,9 +5,13 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from tasks.monitoring.features import LOGGED_COLUMNS
 from tasks.monitoring.traffic import read_traffic
 from tasks.monitoring.windows import next_window, read_windows, record_window
+
+pytestmark = pytest.mark.monitoring
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 
