@@ -30,7 +30,8 @@ from tests.serving import bentoml_serve
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow(reason="serves a second Bento and switches its model under load")]
 
-SWITCH_WITHIN = 30.0  # seconds from a change of production to the service answering with the new model
+SWITCH_WITHIN = 60.0  # seconds from a change of production to the service answering with the new model (1-2 s
+# here, measured in docs/serving.md; the bound leaves room for the other test worker's load)
 IMPORT_WITHIN = 120.0  # the same when the model must first be imported from deploy/store (a `bentoml import`
 # subprocess, then a load in every worker: tens of seconds on a busy 2-core machine)
 IN_A_ROW = 20  # answers in a row from the new model that count as switched
