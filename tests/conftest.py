@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny image folders made in the test, and params pointing at them."""
+"""The suite's rules (an area marker per test, a reason per slow test, --fail-on-skip) and its shared
+fixtures: tiny image folders made in the test, params pointing at them, and the expensive real things
+built once per session (a Prefect server, the trained project, a packaged Bento). docs/testing.md."""
 from __future__ import annotations
 
 import io
@@ -53,7 +55,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Name the tests over SLOW_SECONDS that are not marked slow with a reason."""
     unmarked = [(report.duration, report.nodeid) for report in terminalreporter.stats.get("passed", [])
                 if report.when == "call" and report.duration > SLOW_SECONDS
-                and not any(name == "slow" for name in report.keywords)]
+                and "slow" not in report.keywords]
     if unmarked:
         terminalreporter.section(f"over {SLOW_SECONDS} s without @pytest.mark.slow(reason=...)")
         for duration, nodeid in sorted(unmarked, reverse=True):
