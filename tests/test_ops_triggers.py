@@ -47,7 +47,7 @@ def retrain_runs(trigger: str) -> list:
     return [r for r in runs if r.parameters.get("trigger") == trigger]
 
 
-def wait_for_runs(trigger: str, count: int, seconds: float = 30) -> list:
+def wait_for_runs(trigger: str, count: int, seconds: float = 60) -> list:
     """The retrain runs with this trigger once there are `count` of them (or the deadline passed)."""
     deadline = time.monotonic() + seconds
     while len(runs := retrain_runs(trigger)) < count and time.monotonic() < deadline:
