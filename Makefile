@@ -26,7 +26,7 @@ run: install
 	$(BIN)/python -m flows.pipeline
 
 # Two layers (docs/testing.md); ARGS passes pytest options, e.g. make test ARGS="-m serving".
-# make test: every test not marked slow, the flow's end-to-end run and the served Bento included (~N min).
+# make test: every test not marked slow, the flow's end-to-end run and the served Bento included (about 4 min here).
 test: install
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup --durations=10 $(ARGS)
 
