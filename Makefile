@@ -25,7 +25,7 @@ $(DOCS_ASSETS)/.installed: $(addprefix tasks/data/docs_assets/,package.json pack
 run: install
 	$(BIN)/python -m flows.pipeline
 
-# Two layers (docs/testing.md); ARGS passes pytest options, e.g. make test ARGS="-m serving".
+# Two layers (docs/testing.md); ARGS passes pytest options, e.g. make test-all ARGS="-m serving" (one area).
 # make test: every test not marked slow, the flow's end-to-end run and the served Bento included (about 4 min here).
 test: install
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup --durations=10 $(ARGS)
