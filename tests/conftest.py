@@ -20,7 +20,7 @@ from tasks.common.config import Params, parse_params
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Every test belongs to one area (`pytest -m serving` runs one); pyproject.toml describes each.
-AREAS = ("data", "training", "evaluation", "serving", "monitoring", "ops", "pipeline")
+AREAS = ("data", "labelling", "training", "evaluation", "serving", "monitoring", "ops", "pipeline")
 SLOW_SECONDS = 60  # a test slower than this says why, in its slow marker's reason
 # Under pytest-xdist (make test-all), the tests sharing a session fixture run in one worker, which builds
 # it once: the trained project and the Prefect server it runs on; the packaged Bento.

@@ -25,7 +25,7 @@ CLASSES = {"cat": 10, "dog": 10, "fox": 10}  # conftest colours: red, green, blu
 def new_project(root: Path, classes: dict[str, int] = CLASSES, code: tuple[str, ...] = ("tasks", "service"),
                 git: bool = False, **sections: dict) -> Path:
     """A DVC project at `root` reading `images/`: the given code folders, dvc.yaml, params.yaml with
-    one training epoch and `sections` merged in (one level deep), no production model yet.
+    one training epoch (two label-quality folds of one epoch) and `sections` merged in (one level deep), no production model yet.
 
     With `git`, a git repo too (the project's .gitignore files), with nothing committed yet.
     """
@@ -39,6 +39,7 @@ def new_project(root: Path, classes: dict[str, int] = CLASSES, code: tuple[str, 
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"]["root"] = "images"
     raw["train"].update({"epochs": 1, "batch_size": 16})
+    raw["labels"].update({"folds": 2, "epochs": 1})
     for name, values in sections.items():
         raw[name] = {**raw[name], **values}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -223,6 +223,23 @@ class TrainParams(Section):
         return self
 
 
+class LabelsParams(Section):
+    folds: StrictInt = Field(ge=2, le=20, description="cross-validation folds over train + val")
+    strategy: Literal["linear_probe", "full", "gradual"]
+    epochs: StrictInt = Field(ge=1, description="epochs of each fold's fine-tune")
+    method: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"]
+    rank_by: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"]
+    warn_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels is reported as a warning")
+    max_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels stops the pipeline")
+    shown: StrictInt = Field(ge=0, description="suspects shown with thumbnails on the page")
+
+    @model_validator(mode="after")
+    def _shares(self) -> "LabelsParams":
+        if self.warn_share > self.max_share:
+            raise ValueError("warn_share must not exceed max_share")
+        return self
+
+
 class InferenceParams(Section):
     temperature_scaling: bool
     tta: Literal["none", "hflip"]
@@ -314,6 +331,7 @@ class Params(Section):
     validate_: ValidateParams = Field(alias="validate")
     clean: CleanParams
     split: SplitParams
+    labels: LabelsParams
     train: TrainParams
     inference: InferenceParams
     evaluate: EvaluateParams

@@ -20,6 +20,9 @@ CLEAN_IMAGES_DIR = CLEAN_DIR / "images"
 SPLIT_DIR = Path("data/split")
 SPLITS = ("train", "val", "test")
 
+# label_quality -> the review sync (tasks/labels/), the flow
+SUSPECTS_CSV = Path("reports/labels/suspects.csv")
+
 # train -> evaluate, gate, package, monitor
 MODEL_DIR = Path("models")
 CURVES_PNG = Path("reports/train/curves.png")

@@ -136,7 +136,7 @@ class LoaderBatches:
 
     def batches(self, order_generator: torch.Generator | None = None,
                 augment_generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-image transforms draw from the epoch's global seed (see tasks.train.seed_epoch)."""
+        """Per-image transforms draw from the epoch's global seed (see tasks.training.loop.seed_epoch)."""
         self.sampler.order = epoch_order(self.count, order_generator if self.train else None, self.world,
                                          self.weights)
         for images, targets in self.loader:
