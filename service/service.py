@@ -12,6 +12,8 @@
 Both load the bundle through `tasks.model.bundle`, so images are decoded, resized and normalized exactly
 as in training and evaluation. Every classified image is logged with `bentoml.monitor` as one JSON
 line of `tasks.monitoring.features.feature_rows` columns, which the monitor stage compares with its reference.
+The images the model is least sure of (top-two margin below labels.uncertain.margin) are also kept
+as files for review, within a disk cap and a retention time (tasks/labels/queue.py).
 
 Following production: with IMAGE_CLASSIFIER_FOLLOW set to deploy/production.json, the API checks the
 file every few seconds; when it names another model, the model worker loads that model and the API
@@ -61,10 +63,12 @@ from service.settings import (
     model_threads,
     release_free_memory,
     traffic_dir,
+    uncertain_settings,
 )
 from service.uploads import DEFAULT_TOP_K, MAX_IMAGES, ClassifyInput, ClassifyOutput, ImageResult, LabelScore, invalid
 from tasks.common.config import UserError
 from tasks.data.images import to_rgb
+from tasks.labels.queue import keep_uncertain, prune, queue_dir
 from tasks.model.bundle import load_bundle, preprocess, read_meta
 from tasks.monitoring.features import FEATURE_COLUMNS, feature_rows
 
@@ -74,6 +78,7 @@ COALESCED_CALLS = 1  # batches in flight at once: more measured slower on 2 core
 FOLLOW_SECONDS = 2.0  # how often a following service looks at the pointer file
 MODELS_KEPT = 3  # bundles the model worker holds: production, and those requests under way may still use
 TRIM_EVERY = 50  # batches between two malloc_trim calls in the model worker (about 4 ms each)
+PRUNE_EVERY = 100  # images kept for review between two prunings of the review queue
 
 logger = logging.getLogger("bentoml.image_classifier")
 
@@ -166,6 +171,8 @@ class ImageClassifier:
         torch.set_num_threads(1)  # preprocessing only: the other cores belong to the model worker
         self.traffic_dir = traffic_dir()
         self.log_lock = threading.Lock()  # bentoml.monitor sets its log files up on first use
+        self.review_queue, self.uncertain = queue_dir(self.traffic_dir), uncertain_settings()
+        self.kept_since_prune = PRUNE_EVERY  # prunes on the first image kept
         self.pointer = follow_pointer()
         # Only the bundle's sidecar is needed here: preprocessing and class names, as in training.
         self.served = self.serving(str(self.bento_model.tag), self.bento_model.path)
@@ -200,6 +207,8 @@ class ImageClassifier:
         probs, embeddings = out[:, : len(labels)], out[:, len(labels) :]
 
         await anyio.to_thread.run_sync(self.log_traffic, rgb, probs, embeddings, labels)
+        if self.uncertain.margin > 0:
+            await anyio.to_thread.run_sync(self.keep_for_review, rgb, probs, labels, served.tag, names)
         results = []
         for name, p in zip(names, probs):
             best = np.argsort(-p)[:top_k]
@@ -285,6 +294,18 @@ class ImageClassifier:
                         mon.log(row["confidence"], "confidence", "prediction", "numerical")
         except OSError:  # a full or read-only disk must not cost the client its answer
             logger.exception("could not write the traffic log under %s", self.traffic_dir)
+
+    def keep_for_review(self, images: list[Image.Image], probs: np.ndarray, labels: list[str], tag: str,
+                        names: list[str]) -> None:
+        """Keep the images the model was least sure of (tasks/labels/queue.py); prune the queue now and then."""
+        try:
+            kept = keep_uncertain(self.review_queue, images, probs, labels, tag, names, self.uncertain.margin)
+            self.kept_since_prune += len(kept)
+            if kept and self.kept_since_prune >= PRUNE_EVERY:
+                self.kept_since_prune = 0
+                prune(self.review_queue, self.uncertain.max_mb, self.uncertain.days)
+        except OSError:  # a full or read-only disk must not cost the client its answer
+            logger.exception("could not keep images for review under %s", self.review_queue)
 
 
 # Outermost first. With IMAGE_CLASSIFIER_TOKEN(_FILE) set, every route but the health checks needs the

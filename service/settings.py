@@ -98,6 +98,11 @@ def traffic_dir() -> Path:
     return folder if folder.is_absolute() else launch_dir() / folder
 
 
+def uncertain_settings():
+    """labels.uncertain of the served folder's params.yaml: which served images are kept for review."""
+    return load_params().labels.uncertain
+
+
 def glibc():
     """The C library when it is glibc (its malloc tunables below), else None."""
     try:

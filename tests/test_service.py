@@ -6,6 +6,7 @@ two very different classes, the package stage, then the Bento served on 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -14,14 +15,17 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from service.access import TOKEN_ENV
 from service.admission import MAX_IN_FLIGHT_ENV
 from tasks import package
-from tasks.common.config import UserError
+from tasks.common.config import UserError, load_params
 from tasks.common.files import sha256
 from tasks.data.images import open_rgb
+from tasks.labels.queue import kept, queue_dir
 from tasks.model.bundle import load_bundle
 from tasks.model.lineage import KEYS
 from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
@@ -64,6 +68,12 @@ def post(url: str, headers: dict | None = None, **request) -> httpx.Response:
 
 def classify(url: str, files: list, data: dict | None = None) -> httpx.Response:
     return post(url, files=files, data=data)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
 
 
 def upload(path: Path, name: str) -> tuple:
@@ -265,6 +275,26 @@ def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]
     assert 0.5 < dog["confidence"] <= 1 and cat["request_id"] == dog["request_id"]
     assert all(isinstance(cat[f"emb_{i}"], float) for i in range(8))
     assert (server["traffic"] / "image_classifier" / "data").is_dir()  # under the launch folder
+
+
+def test_the_least_sure_images_are_kept_for_review_and_only_those(server: dict, samples: dict[str, Path]):
+    """Blends of a cat and a dog image, from mostly cat to mostly dog: those the model calls with a
+    top-two margin below labels.uncertain.margin are kept with their record, the rest are not."""
+    cat, dog = open_rgb(samples["cat"]), open_rgb(samples["dog"])
+    blends = [Image.blend(cat, dog, t) for t in np.linspace(0.0, 1.0, 21)]
+    files = [("images", (f"blend_{i:02d}.png", png_bytes(img), "image/png")) for i, img in enumerate(blends)]
+    resp = classify(server["url"], files, data={"top_k": "2"})
+    assert resp.status_code == 200, resp.text
+    below = load_params().labels.uncertain.margin
+    margins = {r["filename"]: r["predictions"][0]["probability"] - r["predictions"][1]["probability"]
+               for r in resp.json()["results"]}
+    queue = kept(queue_dir(server["traffic"]))
+    queue = queue[queue["filename"].str.startswith("blend_")]
+    assert set(queue["filename"]) == {name for name, m in margins.items() if m < below}
+    assert len(queue) >= 1, margins  # the halfway blends are coin tosses
+    record = queue.iloc[0]
+    assert record["model"] == resp.json()["model"] and set(record["probabilities"]) == {"cat", "dog"}
+    assert Image.open(record["image"]).size == (16, 16)
 
 
 def test_a_token_guards_the_api_not_the_health_checks(server: dict, samples: dict[str, Path]):

@@ -223,6 +223,12 @@ class TrainParams(Section):
         return self
 
 
+class UncertainParams(Section):
+    margin: float = Field(ge=0.0, le=1.0, description="served images with a top-two margin below this are kept; 0: none")
+    max_mb: float = Field(gt=0.0, description="the kept images' disk cap")
+    days: float = Field(gt=0.0, description="kept images older than this are deleted")
+
+
 class LabelsParams(Section):
     folds: StrictInt = Field(ge=2, le=20, description="cross-validation folds over train + val")
     strategy: Literal["linear_probe", "full", "gradual"]
@@ -232,6 +238,7 @@ class LabelsParams(Section):
     warn_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels is reported as a warning")
     max_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels stops the pipeline")
     shown: StrictInt = Field(ge=0, description="suspects shown with thumbnails on the page")
+    uncertain: UncertainParams
 
     @model_validator(mode="after")
     def _shares(self) -> "LabelsParams":
