@@ -6,6 +6,7 @@ against the validation images, profiled by the production model that served the 
     otherwise                             ->  Evidently report of the window, a snapshot in the
                                               Evidently workspace (dashboard), and on dataset drift
                                               an imgclf.drift.detected event that starts a retrain
+A drifted window's least sure images (kept by the service) are sent to Label Studio for review at once.
 Every window goes to <ops.home>/monitor/windows.jsonl and to the `monitor-window` artifact.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
 from flows.events import announce_drift
+from flows.review import send_for_review
 from tasks.common.config import Params, UserError, load_params
 from tasks.common.files import sha256
 from tasks.common.paths import MODEL_DIR, POINTER, STORE_ARCHIVES, split_csv
@@ -117,4 +119,20 @@ def monitor(repo_dir: str = ".", window_minutes: int | None = None):
                 window["status"], f" ({', '.join(window['drifted_columns'])})" if window["status"] == DRIFT else "")
     if window["status"] == DRIFT:
         announce_drift(window)
+        ask_for_labels(root, params, window, logger)
     return window
+
+
+def ask_for_labels(root: Path, params: Params, window: dict, logger) -> None:
+    """A drifted window's least sure served images go to Label Studio at once: a retrain learns from
+    drift only once people have labelled what drifted (flows/review.py)."""
+    if params.ops.review.drift_images == 0:
+        return
+    since = datetime.fromisoformat(window["start"]) if window["start"] else None
+    try:
+        added = send_for_review(root, params, since=since, limit=params.ops.review.drift_images, suspects=False)
+    except UserError as err:
+        logger.warning("drift: the window's least sure images were not sent for review (%s); the review "
+                       "deployment sends them on its next run", err)
+        return
+    logger.info("drift: %d of the window's least sure images sent for review in Label Studio", added)

@@ -4,11 +4,14 @@ It runs on a schedule, on demand (UI or `prefect deployment run retrain/retrain`
 drift or new-data event arrives (flows/deployments.py). Whatever started it is its `trigger`
 parameter, shown in the run's name, recorded in the model's lineage and in the `retrain-lineage`
 artifact. A retrain that starts within ops.retrain.cooldown_minutes of the start of the last
-completed one is skipped with the reason in its log; the gate, as always, decides whether the new
-model replaces production.
+completed one is skipped with the reason in its log; so is a drift-triggered retrain while data.root
+is still what production was trained on (it could only reproduce that model): people must first
+label what drifted (flows/review.py), and the new-data trigger then retrains. The gate, as always,
+decides whether the new model replaces production.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import datetime, timedelta, timezone
@@ -25,14 +28,18 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateName,
 )
+from dvc.repo import Repo
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from flows.pipeline import pipeline
-from tasks.common.config import UserError, load_params
-from tasks.common.paths import DECISION_JSON, PACKAGE_JSON
-from tasks.model.lineage import TRIGGER_ENV
+from flows.review import studio_url
+from tasks.common.config import Params, UserError, load_params
+from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER
+from tasks.labels.review import waiting_for_review
+from tasks.model.lineage import TRIGGER_ENV, UNKNOWN, collect_lineage
+from tasks.model.registry import model_metadata, read_pointer
 
 FLOW_NAME = "retrain"
 SKIPPED = "Skipped"  # state name of a retrain skipped in the cooldown: it does not restart the cooldown
@@ -60,6 +67,33 @@ def cooldown_reason(cooldown_minutes: int, now: datetime) -> str | None:
     ago = int((now - last).total_seconds() // 60)
     return (f"skipped: the last completed retrain started {ago} min ago, within the cooldown of "
             f"{cooldown_minutes} min (ops.retrain.cooldown_minutes)")
+
+
+def trained_on_this_data(root: Path, params: Params) -> str | None:
+    """The production model's tag when data.root is still what it was trained on (the DVC hash in its
+    lineage, and no change since dvc.lock recorded it), else None."""
+    entry = read_pointer(root / POINTER)["current"]
+    lineage = ((model_metadata(entry["model"]) or {}).get("lineage") or {}) if entry else {}
+    trained = lineage.get("data_root_hash", UNKNOWN)
+    if trained == UNKNOWN or lineage.get("data_root") != params.data.root:
+        return None
+    if collect_lineage(root, params)["data_root_hash"] != trained:
+        return None
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        status = repo.status(targets=["validate"])
+    changed = [change for entry in status.get("validate", []) if isinstance(entry, dict)
+               for change in (entry.get("changed deps") or {})]
+    return None if params.data.root in changed else entry["model"]
+
+
+def drift_without_new_labels(root: Path, params: Params) -> str | None:
+    """Why a drift-triggered retrain must wait for reviews, or None when data.root has changed."""
+    model = trained_on_this_data(root, params)
+    if model is None:
+        return None
+    return (f"skipped: data.root has not changed since production ({model}) was trained, so a retrain would "
+            f"reproduce it; {waiting_for_review(root, params)} images wait for review in Label Studio "
+            f"({studio_url(params)}); once reviews are applied, the new-data trigger retrains")
 
 
 def read_json(path: Path) -> dict:
@@ -97,6 +131,8 @@ def retrain(trigger: str = "manual", reason: str = "", repo_dir: str = "."):
         return Failed(message=str(err))
     logger.info("retrain triggered by %s%s", trigger, f": {reason}" if reason else "")
     skip = cooldown_reason(params.ops.retrain.cooldown_minutes, datetime.now(timezone.utc))
+    if not skip and trigger == "drift":
+        skip = drift_without_new_labels(root, params)
     if skip:
         logger.info(skip)
         return Completed(name=SKIPPED, message=skip)

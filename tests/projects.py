@@ -39,7 +39,8 @@ def new_project(root: Path, classes: dict[str, int] = CLASSES, code: tuple[str, 
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"]["root"] = "images"
     raw["train"].update({"epochs": 1, "batch_size": 16})
-    raw["labels"].update({"folds": 2, "epochs": 1})
+    # Two one-epoch folds over 30 noisy images flag many honest labels: never a reason to stop here.
+    raw["labels"].update({"folds": 2, "epochs": 1, "max_share": 1.0})
     for name, values in sections.items():
         raw[name] = {**raw[name], **values}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -239,6 +239,7 @@ class LabelsParams(Section):
     max_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels stops the pipeline")
     shown: StrictInt = Field(ge=0, description="suspects shown with thumbnails on the page")
     uncertain: UncertainParams
+    review_dir: str = Field(description="the review log and the images reviewers rejected (DVC-tracked)")
 
     @model_validator(mode="after")
     def _shares(self) -> "LabelsParams":
@@ -291,17 +292,26 @@ class MonitorOps(Section):
     _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
 
 
+class ReviewOps(Section):
+    cron: str = Field(description="when new review tasks are sent to Label Studio and finished reviews applied")
+    drift_images: StrictInt = Field(ge=0, description="a drifted window's least sure images sent for review at once")
+
+    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
+
+
 class OpsParams(Section):
     home: str
     host: str
     prefect_port: StrictInt = Field(ge=1, le=65535)
     evidently_port: StrictInt = Field(ge=1, le=65535)
     service_port: StrictInt = Field(ge=1, le=65535)
+    label_studio_port: StrictInt = Field(ge=1, le=65535)
     timezone: str
     work_pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data_check_seconds: StrictInt = Field(ge=10)
     retrain: RetrainOps
     monitor: MonitorOps
+    review: ReviewOps
 
     @field_validator("timezone")
     @classmethod
@@ -314,9 +324,9 @@ class OpsParams(Section):
 
     @model_validator(mode="after")
     def _ports(self) -> "OpsParams":
-        ports = [self.prefect_port, self.evidently_port, self.service_port]
+        ports = [self.prefect_port, self.evidently_port, self.service_port, self.label_studio_port]
         if len(set(ports)) < len(ports):
-            raise ValueError("prefect_port, evidently_port and service_port must differ")
+            raise ValueError("prefect_port, evidently_port, service_port and label_studio_port must differ")
         return self
 
 

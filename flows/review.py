@@ -1,0 +1,123 @@
+"""Human review in Label Studio, and the review deployment's flow.
+
+    python -m flows.review serve    Label Studio on ops.host:ops.label_studio_port until Ctrl-C (`make review`;
+                                    `make ops` starts it too): its own environment, made on first use; its
+                                    SQLite database, credentials and log under <ops.home>/label-studio
+    python -m flows.review sync     what the review deployment runs (schedule ops.review.cron, or on demand):
+                                    new suspect labels and uncertain served images become tasks, then finished
+                                    reviews change data.root (tasks/labels/review.py), which is `dvc add`-ed,
+                                    so watch-data's new-data event starts a retrain
+
+Label Studio listens on loopback unless ops.host says otherwise; its admin login and API token come
+from LABEL_STUDIO_USERNAME / _PASSWORD / _API_KEY, else from <ops.home>/label-studio/credentials.json
+(created with random secrets, readable by its owner only). Images are served from the project folder.
+"""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed
+
+from tasks.common.config import Params, UserError, load_params
+from tasks.data.layout import class_folders
+from tasks.labels.review import apply_reviews, suspect_items, uncertain_items
+from tasks.labels.studio import credentials, running
+from tasks.labels.studio_client import LabelStudio
+
+FLOW_NAME = "review-sync"
+
+
+def studio_home(root: Path, params: Params) -> Path:
+    return root / params.ops.home / "label-studio"
+
+
+def studio_url(params: Params) -> str:
+    host = "127.0.0.1" if params.ops.host in ("0.0.0.0", "::") else params.ops.host
+    return f"http://{host}:{params.ops.label_studio_port}"
+
+
+def review_classes(root: Path, params: Params) -> list[str]:
+    data_root = root / params.data.root
+    if not data_root.is_dir():
+        raise UserError(f"data.root {data_root} is not a folder; point data.root in params.yaml at your images")
+    return class_folders(data_root)
+
+
+def connect(root: Path, params: Params) -> tuple[LabelStudio, int, list[str]]:
+    """A client of the project's Label Studio and the id of its review project (made on first use)."""
+    classes = review_classes(root, params)
+    client = LabelStudio(studio_url(params), credentials(studio_home(root, params)).api_key, root)
+    return client, client.ensure_project(f"{params.package.model_name} review", classes), classes
+
+
+def send_for_review(root: Path, params: Params, since: datetime | None = None, limit: int | None = None,
+                    suspects: bool = True) -> int:
+    """New tasks: the suspect labels (with `suspects`) and the uncertain served images kept since `since`
+    (at most `limit`, least sure first); returns how many were added. Tasks already there are not repeated."""
+    items = (suspect_items(root, params) if suspects else []) + uncertain_items(root, params, since, limit)
+    if not items:
+        return 0
+    client, project, _ = connect(root, params)
+    with client:
+        return client.sync_tasks(project, items)
+
+
+@flow(name=FLOW_NAME, flow_run_name="review-sync")
+def review_sync(repo_dir: str = ".") -> dict:
+    """Send new review tasks, then apply the finished reviews to data.root (and `dvc add` it)."""
+    root, logger = Path(repo_dir).resolve(), get_run_logger()
+    try:
+        params = load_params(root / "params.yaml")
+        added = send_for_review(root, params)
+        client, project, classes = connect(root, params)
+        with client:
+            reviews = client.finished_reviews(project)
+        applied = apply_reviews(root, params, reviews, classes)
+    except UserError as err:
+        logger.error("review: %s", err)
+        return Failed(message=str(err))
+    counts = applied["action"].value_counts().to_dict() if len(applied) else {}
+    for row in applied[applied["action"] == "skipped"].itertuples():
+        logger.warning("review of %s skipped: %s", row.file, row.note)
+    summary = {"tasks_added": added, "reviews_applied": int(len(applied)), **{k: int(v) for k, v in counts.items()}}
+    logger.info("review: %s", summary)
+    return summary
+
+
+def serve(root: Path) -> None:
+    """Label Studio in the foreground until Ctrl-C."""
+    params = load_params(root / "params.yaml")
+    home = studio_home(root, params)
+    with running(home, root, params.ops.host, params.ops.label_studio_port) as server:
+        creds = credentials(home)
+        print(f"Label Studio: {server.url} (log in as {creds.username}; password and API token in "
+              f"{home / 'credentials.json'} unless set in LABEL_STUDIO_PASSWORD / LABEL_STUDIO_API_KEY); Ctrl-C stops it",
+              flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    try:
+        if command == "serve":
+            serve(Path("."))
+        elif command == "sync":
+            state = review_sync(return_state=True)
+            if state.is_failed():
+                raise UserError(state.message)
+            print(state.result())
+        else:
+            raise UserError(f"unknown command {command!r}: use `python -m flows.review serve` or `... sync`")
+    except UserError as err:
+        print(f"review: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

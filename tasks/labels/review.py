@@ -1,0 +1,163 @@
+"""Reviews in, reviews out: what is sent to Label Studio, and how finished reviews change the data.
+
+Two kinds of review task (tasks/labels/studio_client.py shows them with the model's prediction):
+    suspect     a labelled image under data.root that the label_quality stage finds likely wrong
+    uncertain   a served image the model was least sure of (tasks/labels/queue.py)
+A finished review changes data.root as a person would, and nothing is ever deleted:
+    suspect, another class         the image moves to data.root/<class>/           relabelled
+    suspect, its own class         stays                                            confirmed
+    suspect, rejected              moves to <labels.review_dir>/rejected/<class>/   rejected
+    uncertain, a class             copied to data.root/<class>/                     added
+    uncertain, rejected            stays in the queue                               rejected
+Every review is a row of <labels.review_dir>/log.csv (file, old and new label, reviewer, model
+version, score, time); a review already in the log is not applied twice. Then data.root and the
+review folder are `dvc add`-ed, so DVC's history can undo any step and the new-data trigger retrains.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tasks.common.config import Params, UserError
+from tasks.common.paths import SUSPECTS_CSV
+from tasks.labels.queue import kept, queue_dir
+from tasks.labels.studio_client import EXTRA_CHOICES
+
+LOG_NAME = "log.csv"
+REJECTED = "rejected"
+OUT_OF_FOLD = "label_quality out-of-fold models"
+LOG_COLUMNS = ["time", "key", "kind", "file", "old_label", "new_label", "action", "reviewer", "reviewed_at",
+               "model_version", "score", "note"]
+
+
+def review_log(workdir: Path, params: Params) -> pd.DataFrame:
+    path = workdir / params.labels.review_dir / LOG_NAME
+    if not path.is_file():
+        return pd.DataFrame(columns=LOG_COLUMNS)
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def suspect_items(workdir: Path, params: Params) -> list[dict]:
+    """A review item per suspect label of the last label_quality run whose image is still where it was."""
+    path = workdir / SUSPECTS_CSV
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path, dtype={"given_label": str, "suggested_label": str, "path": str})
+    items = []
+    for row in table.itertuples():
+        image = Path(params.data.root) / row.path
+        if (workdir / image).is_file():
+            items.append({"key": f"suspect:{row.path}:{row.given_label}", "image": image.as_posix(), "kind": "suspect",
+                          "given_label": row.given_label, "prediction": row.suggested_label,
+                          "score": float(row.suggested_probability), "model_version": OUT_OF_FOLD})
+    return items
+
+
+def uncertain_items(workdir: Path, params: Params, since: datetime | None = None, limit: int | None = None
+                    ) -> list[dict]:
+    """A review item per image the service kept (least sure first), optionally only those kept since a time."""
+    queue = kept(queue_dir(workdir / params.monitor.traffic_dir))
+    if since is not None:
+        queue = queue[pd.to_datetime(queue["time"], utc=True) >= since]
+    items = []
+    for row in queue.head(limit).itertuples():
+        try:
+            image = Path(row.image).resolve().relative_to(workdir.resolve())
+        except ValueError:
+            raise UserError(f"monitor.traffic_dir must lie inside the project for review ({row.image} does not)") from None
+        items.append({"key": f"uncertain:{Path(row.image).name}", "image": image.as_posix(), "kind": "uncertain",
+                      "given_label": None, "prediction": row.prediction,
+                      "score": float(row.probabilities[row.prediction]), "model_version": row.model,
+                      "probabilities": row.probabilities})
+    return items
+
+
+def waiting_for_review(workdir: Path, params: Params) -> int:
+    """Suspect labels and kept served images that no applied review has answered yet."""
+    answered = set(review_log(workdir, params)["key"])
+    return sum(item["key"] not in answered for item in suspect_items(workdir, params) + uncertain_items(workdir, params))
+
+
+def check_data_root_is_own(workdir: Path, params: Params) -> None:
+    """Reviews rewrite data.root: refuse when it is a stage's output, which `dvc repro` would rewrite."""
+    stages = yaml.safe_load((workdir / "dvc.yaml").read_text()).get("stages", {}) if (workdir / "dvc.yaml").is_file() else {}
+    root = (workdir / params.data.root).resolve()
+    for name, stage in stages.items():
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        resolved = [str(o).replace("${sample.out_dir}", params.sample.out_dir) for o in outs]
+        if any((workdir / o).resolve() == root for o in resolved):
+            raise UserError(f"data.root {params.data.root} is the {name} stage's output, which dvc repro rewrites: copy it "
+                            f"to a folder of your own (cp -r {params.data.root} data/images; dvc add data/images), set "
+                            "data.root: data/images in params.yaml, then apply reviews")
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or `name-1.ext`, `name-2.ext`... when something is already there: nothing is overwritten."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def apply_review(workdir: Path, params: Params, review: dict, classes: list[str]) -> dict:
+    """Change the data as one finished review says; returns its log row (action and note say what happened)."""
+    row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "key": review["key"],
+           "kind": review["kind"], "file": review["image"], "old_label": review.get("given_label") or "",
+           "new_label": review.get("choice") or "", "reviewer": review.get("reviewer") or "",
+           "reviewed_at": review["reviewed_at"], "model_version": review.get("model_version") or "",
+           "score": review.get("score"), "note": ""}
+    source, choice = workdir / review["image"], review.get("choice")
+    data_root = workdir / params.data.root
+    if review.get("problem") or (choice not in classes and choice not in EXTRA_CHOICES):
+        return {**row, "action": "skipped", "note": review.get("problem") or
+                f"{choice!r} is not a class of data.root ({', '.join(classes)}); review it again with one of them"}
+    if not source.is_file():
+        return {**row, "action": "skipped", "note": f"{review['image']} vanished since the task was made "
+                "(moved by an earlier review, or pruned from the queue); nothing changed"}
+    if review["kind"] == "uncertain":
+        if choice in EXTRA_CHOICES:
+            return {**row, "action": "rejected", "note": choice}
+        target = free_path(data_root / choice / source.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        return {**row, "action": "added", "file": target.relative_to(workdir).as_posix()}
+    if choice == review.get("given_label"):
+        return {**row, "action": "confirmed"}
+    if choice in EXTRA_CHOICES:
+        target = free_path(workdir / params.labels.review_dir / REJECTED / source.parent.name / source.name)
+        action = "rejected"
+    else:
+        target, action = free_path(data_root / choice / source.name), "relabelled"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    return {**row, "action": action, "note": f"moved to {target.relative_to(workdir).as_posix()}"}
+
+
+def apply_reviews(workdir: Path, params: Params, reviews: list[dict], classes: list[str]) -> pd.DataFrame:
+    """Apply the reviews not yet in the log; append them to it; `dvc add` what changed. Returns the new rows."""
+    log = review_log(workdir, params)
+    done = set(zip(log["key"], log["reviewed_at"]))
+    fresh = [r for r in reviews if (r["key"], r["reviewed_at"]) not in done]
+    if not fresh:
+        return pd.DataFrame(columns=LOG_COLUMNS)
+    check_data_root_is_own(workdir, params)
+    rows = pd.DataFrame([apply_review(workdir, params, r, classes) for r in fresh], columns=LOG_COLUMNS)
+    path = workdir / params.labels.review_dir / LOG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([log, rows], ignore_index=True).to_csv(path, index=False)
+    track(workdir, [params.data.root, params.labels.review_dir])
+    return rows
+
+
+def track(workdir: Path, paths: list[str]) -> None:
+    """`dvc add` the folders, so the change is a new DVC version (and `git` of the .dvc files undoes it)."""
+    from dvc.repo import Repo  # imported here: the service and the flows' other tasks never need DVC
+
+    with contextlib.chdir(workdir), Repo(str(workdir)) as repo:
+        repo.add(paths)
