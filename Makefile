@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DOCS_ASSETS := .cache/docs_assets
 
-.PHONY: install run test test-all ops serve promote rollback deps
+.PHONY: install run test test-all ops serve review promote rollback deps
 
 install: $(VENV)/.installed $(DOCS_ASSETS)/.installed
 
@@ -37,6 +37,11 @@ test-all: install
 # The operations stack: Prefect server + deployments + worker, Evidently UI (README, "Operating it").
 ops: install
 	$(BIN)/python -m flows.ops
+
+# Label Studio on ops.label_studio_port, where people review suspect labels and uncertain served images
+# (docs/labelling.md); installed into an environment of its own on first use. `make ops` starts it too.
+review: install
+	$(BIN)/python -m flows.review serve
 
 # The production model as a long-running service on ops.service_port, following promotion and rollback.
 serve: install

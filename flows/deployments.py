@@ -1,10 +1,12 @@
-"""What the operations stack registers with the Prefect server: a work pool and three deployments.
+"""What the operations stack registers with the Prefect server: a work pool and four deployments.
 
     retrain      flows/retrain.py     ops.retrain.cron, on demand, on drift and on new-data events;
                                       one run at a time (later ones wait their turn)
     monitor      flows/monitor.py     ops.monitor.cron; one run at a time
     watch-data   flows/watch_data.py  every ops.data_check_seconds; a run still going makes the
                                       next one cancel itself rather than queue up
+    review-sync  flows/review.py      ops.review.cron and on demand: tasks to Label Studio, reviews
+                                      back into data.root; like watch-data, never two at once
 
 Each deployment pulls its code from this checkout (a `set_working_directory` step), so a worker on
 another machine needs the project at the same path, or a deployment from a git source (README).
@@ -71,6 +73,10 @@ def build_deployments(params: Params, root: Path) -> list[RunnerDeployment]:
         deployment("flows/watch_data.py:watch_data", "watch-data",
                    schedules=[Interval(ops.data_check_seconds)], concurrency_limit=SKIP_IF_RUNNING,
                    description="Emits imgclf.data.changed when images under data.root change."),
+        deployment("flows/review.py:review_sync", "review-sync",
+                   schedules=[Cron(ops.review.cron, timezone=zone)], concurrency_limit=SKIP_IF_RUNNING,
+                   description="New suspect labels and uncertain served images to Label Studio; finished "
+                               "reviews into data.root."),
     ]
 
 

@@ -7,6 +7,8 @@ Starts, in this order, and stops in reverse on Ctrl-C:
                        (flows/deployments.py), created or updated on every start
     a worker           for that pool: it runs the deployments' flow runs as child processes
     Evidently UI       the drift dashboard of <ops.home>/evidently on ops.evidently_port
+    Label Studio       where people review suspect labels and uncertain served images, on
+                       ops.label_studio_port (flows/review.py; its own environment, made on first use)
     the service        the production model on ops.service_port, following each promotion and
                        rollback (`python -m tasks.production serve`); started once production has a model
 
@@ -43,15 +45,17 @@ from sqlalchemy.engine import make_url
 
 import tasks  # noqa: F401  (switches telemetry off for this process and the ones it starts)
 from flows.deployments import register
+from flows.review import studio_home, studio_url
 from tasks.common.config import Params, UserError, load_params
 from tasks.common.paths import POINTER
+from tasks.labels.studio import credentials, ensure_environment, server_command, server_environment
 from tasks.model.registry import read_pointer
 from tasks.monitoring.workspace import open_project
 
 BIN = Path(sys.executable).parent
 STARTUP_SECONDS = 120  # a first start on an empty database migrates it: ~10 s on 2 cores
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
-FLOWS = ["retrain", "monitor", "watch-data", "image-classification-pipeline"]
+FLOWS = ["retrain", "monitor", "watch-data", "review-sync", "image-classification-pipeline"]
 KILLED = "the operations stack was killed while this ran"
 STOPPED = "the operations stack was stopped while this ran"
 
@@ -148,6 +152,7 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         check_port_free(ops.host, ops.prefect_port, "ops.prefect_port")
     check_port_free(ops.host, ops.evidently_port, "ops.evidently_port")
     check_port_free(ops.host, ops.service_port, "ops.service_port")
+    check_port_free(ops.host, ops.label_studio_port, "ops.label_studio_port")
     logs.mkdir(parents=True, exist_ok=True)
     api_url = api_url or f"http://{ops.host}:{ops.prefect_port}/api"
     env = environment(ops_home, api_url)
@@ -180,9 +185,15 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         children.append(start("evidently-ui", [str(BIN / "evidently"), "ui", "--workspace", str(ops_home / "evidently"),
                                                "--host", ops.host, "--port", str(ops.evidently_port)], env, logs))
         stack.callback(stop, children[-1])
-        print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, watch-data; "
+        studio = studio_home(root, params)
+        studio.mkdir(parents=True, exist_ok=True, mode=0o700)
+        children.append(start("label-studio", server_command(ensure_environment(), ops.host, ops.label_studio_port),
+                              server_environment(studio, root, credentials(studio)), logs))
+        stack.callback(stop, children[-1])
+        print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, watch-data, review-sync; "
               f"work pool {ops.work_pool})\n"
               f"Evidently UI   http://{ops.host}:{ops.evidently_port}  (drift per monitor window)\n"
+              f"Label Studio   {studio_url(params)}  (reviews; login in {studio / 'credentials.json'})\n"
               f"Service        http://{ops.host}:{ops.service_port}  (the production model; "
               f"{'starting' if has_production(root) else 'starts once a model is promoted'})\n"
               f"logs           {logs}\n"

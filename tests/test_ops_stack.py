@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.ops import main as ops_main
 from tasks.common.paths import POINTER
+from tasks.labels.studio import is_running
 from tasks.model.registry import read_pointer
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.projects import new_project
@@ -30,7 +31,8 @@ READY = "Ctrl-C stops everything."
 
 def ops_project(root: Path, **ops) -> Path:
     """A project folder the operations command can run in: code, dvc.yaml, params, tiny images, free ports."""
-    ports = {"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port()}
+    ports = {"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port(),
+             "label_studio_port": free_port()}
     return new_project(root, code=("tasks", "flows", "service"), ops={**ports, **ops})
 
 
@@ -95,9 +97,15 @@ def test_the_stack_retrains_through_its_worker_stops_cleanly_and_resumes(tmp_pat
         answer = httpx.post(service + "/classify", files=[("images", (image.name, image.read_bytes(), "image/png"))],
                             timeout=30)
         assert answer.status_code == 200 and answer.json()["model"] == production["model"], answer.text
+        # Label Studio, for reviews (its first start migrates its database while the retrain runs).
+        deadline = time.monotonic() + 120
+        while not is_running(f"http://127.0.0.1:{ops['label_studio_port']}"):
+            assert time.monotonic() < deadline, (root / ".ops/logs/label-studio.log").read_text()[-3000:]
+            time.sleep(1)
     finally:
         assert ctrl_c(proc) == 0
-    assert all(port_is_free(ops[port]) for port in ("prefect_port", "evidently_port", "service_port"))
+    assert all(port_is_free(ops[port]) for port in ("prefect_port", "evidently_port", "service_port",
+                                                    "label_studio_port"))
 
     proc = start_ops(root, env)  # the same database: deployments and history are still there
     try:
@@ -128,7 +136,8 @@ def test_bad_operational_input_gets_one_line(tmp_path: Path, monkeypatch, capsys
     root = tmp_path / "p"
     root.mkdir()
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port()})
+    raw["ops"].update({"prefect_port": free_port(), "evidently_port": free_port(), "service_port": free_port(),
+                       "label_studio_port": free_port()})
 
     def with_ops(**ops) -> None:
         (root / "params.yaml").write_text(yaml.safe_dump({**raw, "ops": {**raw["ops"], **ops}}, sort_keys=False))

@@ -142,6 +142,12 @@ def server_environment(home: Path, document_root: Path, creds: Credentials) -> d
     return env
 
 
+def server_command(program: Path, host: str, port: int) -> list[str]:
+    """The command line of a Label Studio on host:port (`--host` is the URL its pages link to)."""
+    return [str(program), "start", "--no-browser", "--host", f"http://{host}:{port}", "--internal-host", host,
+            "--port", str(port)]
+
+
 @dataclass
 class Server:
     """A started Label Studio: where it answers, its home (database, credentials, log), what it serves."""
@@ -178,8 +184,7 @@ def start(home: Path, document_root: Path, host: str = "127.0.0.1", port: int = 
     env = server_environment(home, document_root, credentials(home))
     url, log = f"http://{host}:{port}", home / "label-studio.log"
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen([str(program), "start", "--no-browser", "--host", url, "--internal-host", host,
-                                    "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(server_command(program, host, port), env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(url, home, document_root, log, process)
     deadline = time.monotonic() + seconds
