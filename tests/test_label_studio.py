@@ -12,6 +12,7 @@ import pytest
 from tasks.common.config import UserError
 from tasks.labels.studio import credentials, is_running, running
 from tasks.labels.studio_client import EXTRA_CHOICES, LabelStudio, project_classes
+from tests.browser import CHROMIUM, chromium
 from tests.conftest import free_port, write_image_set
 
 # One worker under pytest-xdist runs them all, so the module's server starts once.
@@ -140,3 +141,30 @@ def test_unreachable_server_and_wrong_key(studio):
     with LabelStudio(studio.url, "0" * 40, studio.document_root) as wrong:
         with pytest.raises(UserError, match=r"refused the API key \(HTTP 401: Invalid token.\)"):
             wrong.finished_reviews(1)
+
+
+def test_a_reviewer_sees_the_image_and_the_pre_annotated_class(client, api, studio, tmp_path):
+    """The task page in headless Chromium, after logging in as the admin: the image is drawn and the
+    model's class is already chosen. The screenshot is kept in the test's folder."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: sudo apt-get install chromium (.ci/run installs it)")
+    project = client.ensure_project("Review: browser", CLASSES)
+    client.sync_tasks(project, items(n=1))
+    task = next(t for t in tasks_of(api, project)["tasks"] if t["data"]["key"] == "suspect-cat-0")
+    creds = credentials(studio.home)
+    with chromium() as page:
+        page.goto(f"{studio.url}/user/login/")
+        page.evaluate(f"""(() => {{
+            document.querySelector('input[name=email]').value = {json.dumps(creds.username)};
+            document.querySelector('input[name=password]').value = {json.dumps(creds.password)};
+            document.querySelector('form').submit(); }})()""")
+        page.wait_for("!location.pathname.startsWith('/user/login')")
+        page.goto(f"{studio.url}/projects/{project}/data?task={task['id']}")
+        drawn = page.wait_for("""(() => { const img = [...document.images].find(i => i.src.includes('local-files'));
+                                  return img && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0; })()""")
+        checked = page.wait_for("""(() => [...document.querySelectorAll('input:checked')]
+                                   .map(i => i.closest('label') ? i.closest('label').innerText.trim() : '')
+                                   .filter(Boolean).join(','))()""")
+        page.screenshot(tmp_path / "task.png")
+    assert drawn == 16  # the 16 px PNG of images/cat/img_000.png
+    assert checked.split("[")[0] == "dog", checked  # the prediction, pre-annotated ("dog[2]": 2 is its hotkey)
