@@ -130,7 +130,7 @@ def ask_for_labels(root: Path, params: Params, window: dict, logger) -> None:
         return
     since = datetime.fromisoformat(window["start"]) if window["start"] else None
     try:
-        added = send_for_review(root, params, since=since, limit=params.ops.review.drift_images, suspects=False)
+        added = send_for_review(root, params, since=since, limit=params.ops.review.drift_images)
     except UserError as err:
         logger.warning("drift: the window's least sure images were not sent for review (%s); the review "
                        "deployment sends them on its next run", err)

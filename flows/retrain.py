@@ -81,8 +81,8 @@ def trained_on_this_data(root: Path, params: Params) -> str | None:
         return None
     with contextlib.chdir(root), Repo(str(root)) as repo:
         status = repo.status(targets=["validate"])
-    changed = [change for entry in status.get("validate", []) if isinstance(entry, dict)
-               for change in (entry.get("changed deps") or {})]
+    changed = [change for item in status.get("validate", []) if isinstance(item, dict)
+               for change in (item.get("changed deps") or {})]
     return None if params.data.root in changed else entry["model"]
 
 

@@ -53,11 +53,10 @@ def connect(root: Path, params: Params) -> tuple[LabelStudio, int, list[str]]:
     return client, client.ensure_project(f"{params.package.model_name} review", classes), classes
 
 
-def send_for_review(root: Path, params: Params, since: datetime | None = None, limit: int | None = None,
-                    suspects: bool = True) -> int:
-    """New tasks: the suspect labels (with `suspects`) and the uncertain served images kept since `since`
-    (at most `limit`, least sure first); returns how many were added. Tasks already there are not repeated."""
-    items = (suspect_items(root, params) if suspects else []) + uncertain_items(root, params, since, limit)
+def send_for_review(root: Path, params: Params, since: datetime | None = None, limit: int | None = None) -> int:
+    """The uncertain served images kept since `since` (at most `limit`, least sure first) as new tasks;
+    returns how many were added. Tasks already there are not repeated."""
+    items = uncertain_items(root, params, since, limit)
     if not items:
         return 0
     client, project, _ = connect(root, params)
@@ -71,9 +70,10 @@ def review_sync(repo_dir: str = ".") -> dict:
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     try:
         params = load_params(root / "params.yaml")
-        added = send_for_review(root, params)
+        items = suspect_items(root, params) + uncertain_items(root, params)
         client, project, classes = connect(root, params)
         with client:
+            added = client.sync_tasks(project, items)
             reviews = client.finished_reviews(project)
         applied = apply_reviews(root, params, reviews, classes)
     except UserError as err:

@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, UserError
-from tasks.common.paths import SUSPECTS_CSV, split_csv
-from tasks.data.splits import read_split
+from tasks.common.paths import SPLITS, SUSPECTS_CSV, split_csv
+from tasks.data.splits import class_indices, read_split
 from tasks.labels.folds import out_of_fold
 from tasks.labels.issues import suspects
 from tasks.labels.page import suspects_html
@@ -35,7 +36,7 @@ PAGE = REPORT_DIR / "suspects.html"
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     start, p = time.perf_counter(), params.labels
-    frames = {name: read_split(workdir, name).assign(split_name=name) for name in ("train", "val", "test")}
+    frames = {name: read_split(workdir, name).assign(split_name=name) for name in SPLITS}
     labels = sorted(frames["train"]["label"].unique())
     labelled = pd.concat([frames["train"], frames["val"]], ignore_index=True)
     test = frames["test"][frames["test"]["label"].isin(labels)].reset_index(drop=True)
@@ -43,9 +44,9 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     found = out_of_fold(resolve_inputs(params.train), p, workdir, labelled, test, labels, data_files)
 
     judged = pd.concat([labelled, test], ignore_index=True)
-    probs = pd.concat([pd.DataFrame(found["oof"]), pd.DataFrame(found["test"])], ignore_index=True).to_numpy()
+    probs = np.concatenate([found["oof"], found["test"]])
     table = suspects(judged, probs, labels, p)
-    oof_correct = probs.argmax(1) == judged["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    oof_correct = probs.argmax(1) == class_indices(judged, labels)
     summary = {
         "images": len(judged), "suspects": len(table), "suspect_share": round(len(table) / len(judged), 4),
         "suspects_per_split": {name: int((table["split"] == name).sum()) for name in frames},

@@ -8,7 +8,8 @@ Reads data/split/{train,val}.csv and writes
     reports/train/curves.png, summary.json
 Read top to bottom: `train` fits one run (tasks/training/engine.py: set up, resume an interrupted
 run, fit epoch by epoch) and `finish` turns its best epoch into the bundle and the reports. The
-engine (strategies, batches, the step, the optimizer, checkpoints) is in tasks/training/. With `train.processes` (or `train.nodes`) above 1 the stage starts itself under
+engine (strategies, batches, the step, the optimizer, checkpoints) is in tasks/training/. With
+`train.processes` (or `train.nodes`) above 1 the stage starts itself under
 torchrun and trains data-parallel (tasks/training/distributed.py).
 """
 from __future__ import annotations

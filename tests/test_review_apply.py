@@ -59,6 +59,13 @@ def test_each_kind_of_review_changes_the_data_once_and_is_logged(project):
 
 
 def test_the_generated_sample_is_not_a_folder_reviews_may_change(tmp_path):
-    (tmp_path / "dvc.yaml").write_text((PROJECT_ROOT / "dvc.yaml").read_text())
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((PROJECT_ROOT / name).read_text())
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     with pytest.raises(UserError, match=r"data.root data/sample is the sample stage's output.*cp -r data/sample"):
         check_data_root_is_own(tmp_path, make_params(data={"root": "data/sample"}))
+
+
+def test_a_folder_outside_dvc_is_one_clear_line(tmp_path):
+    with pytest.raises(UserError, match=r"is not a DVC project, so reviews could not be versioned: run dvc init"):
+        check_data_root_is_own(tmp_path, make_params(data={"root": "images"}))

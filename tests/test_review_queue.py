@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.labels.queue import keep_uncertain, kept, prune
+from tasks.labels.queue import keep_uncertain, kept, prune, queue_dir
+from tasks.labels.review import uncertain_items
 from tasks.labels.uncertainty import margin, most_uncertain
+from tests.conftest import make_params
 
 pytestmark = pytest.mark.labelling
 
@@ -64,3 +66,17 @@ def test_a_half_written_record_is_skipped(tmp_path):
     [path] = keep_uncertain(tmp_path, images(1), PROBS[:1], LABELS, "m:1", ["x.png"], below=0.2)
     path.with_suffix(".json").write_text("{not json")
     assert kept(tmp_path).empty
+
+
+def test_a_drifted_window_asks_for_its_own_least_sure_images_only(tmp_path):
+    """What the monitor sends for review on drift: images kept since the window started, least sure first."""
+    params = make_params()
+    queue = queue_dir(tmp_path / params.monitor.traffic_dir)
+    before, start = datetime(2026, 5, 1, 9, tzinfo=timezone.utc), datetime(2026, 5, 1, 10, tzinfo=timezone.utc)
+    keep_uncertain(queue, images(1), PROBS[:1], LABELS, "m:1", ["old.png"], below=0.2, now=before)
+    keep_uncertain(queue, images(3), PROBS, LABELS, "m:2", ["a.png", "b.png", "c.png"], below=0.2,
+                   now=start + timedelta(minutes=5))
+    items = uncertain_items(tmp_path, params, since=start, limit=1)
+    assert [(i["kind"], i["prediction"], i["model_version"], i["score"]) for i in items] == [("uncertain", "cat", "m:2", 0.5)]
+    assert items[0]["image"].startswith("data/traffic/uncertain/2026-05-01/")
+    assert len(uncertain_items(tmp_path, params)) == 3  # a.png and c.png, and the older one

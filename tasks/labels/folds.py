@@ -36,10 +36,10 @@ def fold_recipe(train: TrainParams, labels: LabelsParams) -> TrainParams:
 
 def assign_folds(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     """Fold number (0..folds-1) of each row, stratified by label, duplicate groups whole."""
-    smallest = frame["label"].value_counts()
-    if smallest.min() < folds:
+    per_class = frame["label"].value_counts()
+    if per_class.min() < folds:
         raise UserError(f"labels.folds: {folds} folds need at least {folds} labelled images per class, and class "
-                        f"{smallest.idxmin()!r} has {smallest.min()}; lower labels.folds or add images")
+                        f"{per_class.idxmin()!r} has {per_class.min()}; lower labels.folds or add images")
     groups = frame["duplicate_group"].astype(int).to_numpy() if "duplicate_group" in frame else np.full(len(frame), -1)
     alone = groups < 0  # not in any group: a group of its own
     groups = np.where(alone, -1 - np.arange(len(frame)), groups)

@@ -13,6 +13,7 @@ from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
 from tasks.common.config import LabelsParams
+from tasks.data.splits import class_indices
 
 COLUMNS = ["rank", "file", "path", "split", "given_label", "suggested_label", "label_quality",
            "given_probability", "suggested_probability"]
@@ -21,7 +22,7 @@ COLUMNS = ["rank", "file", "path", "split", "given_label", "suggested_label", "l
 def suspects(frame: pd.DataFrame, probs: np.ndarray, labels: list[str], params: LabelsParams) -> pd.DataFrame:
     """The rows of `frame` whose given label cleanlab finds suspect, most suspect first, with the
     class the out-of-fold model suggests and both classes' probabilities."""
-    given = frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    given = class_indices(frame, labels)
     flagged = find_label_issues(given, probs, filter_by=params.method, n_jobs=1)
     quality = get_label_quality_scores(given, probs, method=params.rank_by)
     # The suggestion is the most probable class other than the given one: an image is flagged because

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from tasks.common.config import Params, UserError
 from tasks.common.paths import SUSPECTS_CSV
@@ -85,15 +84,21 @@ def waiting_for_review(workdir: Path, params: Params) -> int:
 
 def check_data_root_is_own(workdir: Path, params: Params) -> None:
     """Reviews rewrite data.root: refuse when it is a stage's output, which `dvc repro` would rewrite."""
-    stages = yaml.safe_load((workdir / "dvc.yaml").read_text()).get("stages", {}) if (workdir / "dvc.yaml").is_file() else {}
-    root = (workdir / params.data.root).resolve()
-    for name, stage in stages.items():
-        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
-        resolved = [str(o).replace("${sample.out_dir}", params.sample.out_dir) for o in outs]
-        if any((workdir / o).resolve() == root for o in resolved):
-            raise UserError(f"data.root {params.data.root} is the {name} stage's output, which dvc repro rewrites: copy it "
-                            f"to a folder of your own (cp -r {params.data.root} data/images; dvc add data/images), set "
-                            "data.root: data/images in params.yaml, then apply reviews")
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo  # imported here: the service and the flows' other tasks never need DVC
+    from dvc.stage import PipelineStage
+
+    root = str((workdir / params.data.root).resolve())
+    try:
+        with contextlib.chdir(workdir), Repo(str(workdir)) as repo:
+            owner = next((out.stage.addressing for out in repo.index.outs
+                          if out.fs_path == root and isinstance(out.stage, PipelineStage)), None)  # not `dvc add`
+    except NotDvcRepoError:
+        raise UserError(f"{workdir} is not a DVC project, so reviews could not be versioned: run dvc init there") from None
+    if owner is not None:
+        raise UserError(f"data.root {params.data.root} is the {owner} stage's output, which dvc repro rewrites: copy it "
+                        f"to a folder of your own (cp -r {params.data.root} data/images; dvc add data/images), set "
+                        "data.root: data/images in params.yaml, then apply reviews")
 
 
 def free_path(path: Path) -> Path:
@@ -150,7 +155,7 @@ def apply_reviews(workdir: Path, params: Params, reviews: list[dict], classes: l
     rows = pd.DataFrame([apply_review(workdir, params, r, classes) for r in fresh], columns=LOG_COLUMNS)
     path = workdir / params.labels.review_dir / LOG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.concat([log, rows], ignore_index=True).to_csv(path, index=False)
+    rows.to_csv(path, mode="a", header=not path.is_file(), index=False)  # the log only grows
     track(workdir, [params.data.root, params.labels.review_dir])
     return rows
 
