@@ -17,9 +17,7 @@ RESOURCE_PREFIX = "imgclf."
 
 def announce_drift(window: dict) -> None:
     """Tell Prefect that a traffic window drifted; `summary` is what the retrain run will show."""
-    columns = ", ".join(window.get("drifted_columns", [])) or "none"
-    summary = (f"drift in the window {window.get('start') or 'start'} .. {window['end']}: "
-               f"{window.get('drift_share_observed')} of the columns drifted ({columns})")
+    summary = f"the window {window.get('start') or 'start'} .. {window['end']}: {window.get('verdict')}"
     emit_event(
         event=DRIFT_EVENT,
         resource={"prefect.resource.id": f"{RESOURCE_PREFIX}traffic", "prefect.resource.name": "service traffic"},

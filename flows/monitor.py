@@ -34,7 +34,7 @@ from tasks.monitoring.traffic import read_traffic
 from tasks.monitoring.windows import DRIFT, NO_DRIFT, NOT_ENOUGH_TRAFFIC, next_window, record_window, report_dir
 from tasks.monitoring.workspace import add_window
 
-WINDOW_KEYS = ("drifted_columns", "drifted_count", "columns_checked", "drift_share_observed", "dataset_drift",
+WINDOW_KEYS = ("verdict", "drifted_columns", "drifted_count", "columns_checked", "drift_share_observed", "dataset_drift",
                "mean_confidence", "prediction_mix")
 
 
@@ -69,7 +69,7 @@ def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFra
     end = datetime.fromisoformat(window["end"])
     model, bundle_dir = serving_model(root)
     reference = reference_profile(root, ops_home, model, bundle_dir)
-    snapshot = drift_snapshot(reference, current, params.monitor.drift_share, timestamp=end)
+    snapshot = drift_snapshot(reference, current, params.monitor, timestamp=end)
     summary = summarize_drift(snapshot.dict())
     folder = report_dir(ops_home, end)
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +80,7 @@ def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFra
         **window,
         "status": DRIFT if summary["dataset_drift"] else NO_DRIFT,
         "model": model,
+        "detector": params.monitor.detector,
         "reference_images": len(reference),
         **{key: summary[key] for key in WINDOW_KEYS if key in summary},
         "report": str(folder / "drift.html"),

@@ -64,19 +64,19 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     current, window = current_window(params, workdir, bundle)
     current.to_csv(workdir / CURRENT_CSV, index=False)
 
-    snapshot = drift_snapshot(reference, current, params.monitor.drift_share)
+    snapshot = drift_snapshot(reference, current, params.monitor)
     drift = summarize_drift(snapshot.dict())
     summary = {
         **window,
         "reference_rows": len(reference),
         "current_rows": len(current),
-        "drift_share_threshold": params.monitor.drift_share,
+        "detector": params.monitor.detector,
         **drift,
     }
     write_reports(workdir, snapshot, summary)
     return {key: summary[key] for key in (
         "source", "reference_rows", "current_rows", "skipped_lines",
-        "dataset_drift", "drift_share_observed", "drifted_columns",
+        "dataset_drift", "verdict", "drifted_columns",
     )}
 
 

@@ -16,6 +16,7 @@ from evidently.ui.workspace import Workspace
 from tasks.monitoring import workspace
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import FEATURE_COLUMNS, LOGGED_COLUMNS
+from tests.conftest import make_params
 
 pytestmark = pytest.mark.monitoring
 
@@ -38,10 +39,10 @@ def logged_rows(rows: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def windows() -> list:
     """A calm window, then a shifted one an hour later, both against the same reference."""
-    reference = logged_rows(80, seed=0)
+    reference, monitor = logged_rows(80, seed=0), make_params().monitor
     return [
-        drift_snapshot(reference, logged_rows(80, seed=1), 0.5, timestamp=START, tags=["test"]),
-        drift_snapshot(reference, logged_rows(80, seed=2, shift=0.3), 0.5, timestamp=END, tags=["test"]),
+        drift_snapshot(reference, logged_rows(80, seed=1), monitor, timestamp=START, tags=["test"]),
+        drift_snapshot(reference, logged_rows(80, seed=2, shift=0.3), monitor, timestamp=END, tags=["test"]),
     ]
 
 
@@ -88,10 +89,11 @@ def test_windows_build_one_project_whose_dashboard_plots_them(tmp_path: Path, wi
         assert all(len(values) == 2 and None not in values for values in series.values()), title
 
     calm, shifted = (summarize_drift(w.dict()) for w in windows)
-    share = plotted["Share of drifted columns"]["drifted share"]
+    fired = plotted["Column tests that fired"]["drifted columns"]
+    assert fired == [calm["drifted_count"], shifted["drifted_count"]] == plotted["Latest window"]["drifted columns"]
+    assert fired[0] == 0 and fired[1] > 0
+    share = plotted["Latest window"]["drifted share"]
     assert share == pytest.approx([calm["drift_share_observed"], shifted["drift_share_observed"]], abs=1e-4)
-    assert share[1] > share[0]
-    assert plotted["Latest window"]["drifted columns"] == [calm["drifted_count"], shifted["drifted_count"]]
     confidence = plotted["Mean confidence"]["mean confidence"]
     assert confidence == pytest.approx([calm["mean_confidence"], shifted["mean_confidence"]], abs=1e-4)
     assert confidence[1] < confidence[0] - 0.2
@@ -117,9 +119,23 @@ def test_the_project_is_found_not_duplicated(tmp_path: Path, windows: list):
 def test_summary_keeps_its_keys_and_adds_confidence_and_mix(windows: list):
     summary = summarize_drift(windows[1].dict())
 
-    assert list(summary)[:6] == [
-        "drifted_columns", "drifted_count", "columns_checked", "drift_share_observed", "dataset_drift", "columns"]
+    assert list(summary)[:7] == ["verdict", "drifted_columns", "drifted_count", "columns_checked",
+                                 "drift_share_observed", "dataset_drift", "columns"]
     assert summary["drifted_count"] == len(summary["drifted_columns"])
     assert 0.3 < summary["mean_confidence"] < 0.6
     assert set(summary["prediction_mix"]) == {"cat", "dog", "fox"}
     assert sum(summary["prediction_mix"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_one_strongly_drifted_column_flags_the_window_under_bonferroni_not_under_share():
+    reference, current = logged_rows(300, seed=3), logged_rows(200, seed=4)
+    current["brightness"] -= 0.06  # a new camera: darker images, nothing else changes
+
+    judged = {detector: summarize_drift(drift_snapshot(reference, current, make_params(
+        monitor={"detector": detector}).monitor).dict()) for detector in ("bonferroni", "share")}
+
+    bonferroni, share = judged["bonferroni"], judged["share"]
+    assert bonferroni["dataset_drift"] and bonferroni["drifted_columns"] == ["brightness"]
+    assert bonferroni["verdict"].startswith("drift: 1 of 15 column tests fired (1 needed): brightness: ks ")
+    assert "brightness" in share["drifted_columns"] and not share["dataset_drift"]
+    assert share["verdict"].startswith(f"no drift: {share['drifted_count']} of 15 column tests fired (8 needed)")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from tasks import monitor
 from tasks.common.config import UserError
@@ -76,20 +76,29 @@ def workdir(prepared: Path, tmp_path: Path) -> Path:
     return target
 
 
-def write_dark_traffic(workdir: Path, traffic_dir: str) -> int:
-    """Profile much darker copies of the test images and log them as the service would."""
-    bundle = load_bundle(workdir / "models")
-    files = pd.read_csv(workdir / "data/split/test.csv")["file"]
-    dark = [Image.fromarray((np.asarray(open_rgb(workdir / f)) * 0.25).astype(np.uint8)) for f in files]
-    rows = profile_images(bundle, dark)
+def log_traffic(workdir: Path, traffic_dir: str, images: list[Image.Image], torn_line: bool = True) -> int:
+    """Profile the images and log them as the service would (with one unreadable line)."""
+    rows = profile_images(load_bundle(workdir / "models"), images)
     log = workdir / traffic_dir / "image_traffic" / "data" / "data.1.log"
     log.parent.mkdir(parents=True)
     lines = [json.dumps({**row, "timestamp": "2025-01-01T00:00:00", "request_id": str(i)}) for i, row in enumerate(rows)]
     schema = log.parent.parent / "schema" / "schema.1.log"
     schema.parent.mkdir()
     schema.write_text(json.dumps({"columns": [{"name": "brightness"}]}) + "\n")
-    log.write_text("\n".join(lines[:5] + ["not json {"] + lines[5:]) + "\n")
+    log.write_text("\n".join(lines[:5] + (["not json {"] if torn_line else []) + lines[5:]) + "\n")
     return len(rows)
+
+
+def write_dark_traffic(workdir: Path, traffic_dir: str) -> int:
+    """Much darker copies of the test images, logged."""
+    files = pd.read_csv(workdir / "data/split/test.csv")["file"]
+    return log_traffic(workdir, traffic_dir, [ImageEnhance.Brightness(open_rgb(workdir / f)).enhance(0.25) for f in files])
+
+
+def new_images(workdir: Path, count: int, seed: int) -> list[Image.Image]:
+    """count images of the reference's classes that the reference does not hold."""
+    per_class = {label: count // len(CLASSES) + (i < count % len(CLASSES)) for i, label in enumerate(CLASSES)}
+    return [open_rgb(p) for p in write_image_set(workdir / "images" / f"new{seed}", per_class, seed=seed)]
 
 
 def test_without_traffic_compares_the_test_split(workdir: Path):
@@ -163,3 +172,25 @@ def test_missing_inputs_name_the_fix(tmp_path: Path):
     write_split(tmp_path, "val", seed=1)
     with pytest.raises(UserError, match="train"):
         monitor.run(make_params(), tmp_path)
+
+
+@pytest.mark.parametrize("brightness, drifted", [(0.6, True), (1.0, False)], ids=["darkened", "unshifted"])
+def test_a_window_of_200_images_is_flagged_when_darkened_not_when_unshifted(workdir: Path, brightness, drifted):
+    images = [ImageEnhance.Brightness(img).enhance(brightness) for img in new_images(workdir, 200, seed=7)]
+    log_traffic(workdir, "data/traffic", images, torn_line=False)
+
+    result = monitor.run(make_params(monitor={"min_traffic": 200}), workdir)
+
+    summary = json.loads((workdir / "reports/monitor/drift.json").read_text())
+    assert (result["source"], result["current_rows"], summary["detector"]) == ("traffic", 200, "bonferroni")
+    assert result["dataset_drift"] is drifted
+    threshold = 0.05 / len(drift.DRIFT_COLUMNS)
+    assert all(c["threshold"] == pytest.approx(threshold) for c in summary["columns"].values())
+    if drifted:  # the report names the test that fired, with its p-value and threshold
+        brightness_test = summary["columns"]["brightness"]
+        assert brightness_test["method"] == "ks" and brightness_test["score"] < threshold
+        assert result["verdict"].startswith("drift: ") and "brightness: ks " in result["verdict"]
+        assert f"(threshold {threshold:.3g})" in result["verdict"]
+        assert "Columns whose drift test fired: " in (workdir / "reports/monitor/drift.html").read_text()
+    else:
+        assert result["verdict"].startswith("no drift: 0 of 15 column tests fired")

@@ -99,12 +99,14 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
 
 def test_a_drift_event_starts_one_retrain_and_a_second_within_the_cooldown_none(project: Path):
     window = {"start": None, "end": "2026-01-05T10:00:00+00:00", "status": "drift",
-              "drifted_columns": ["brightness", "contrast"], "drift_share_observed": 0.6}
+              "verdict": "drift: 2 of 15 column tests fired (1 needed): brightness: ks 1e-09 (threshold 0.00333); "
+                         "contrast: ks 2e-05 (threshold 0.00333)",
+              "drifted_columns": ["brightness", "contrast"], "drift_share_observed": 0.13}
     announce_drift(window)
     EventsWorker.drain_all()
     runs = wait_for_runs("drift", 1)
     assert len(runs) == 1
-    assert "brightness, contrast" in runs[0].parameters["reason"]
+    assert "brightness: ks 1e-09 (threshold 0.00333); contrast: ks" in runs[0].parameters["reason"]
     assert runs[0].state_name == "Scheduled"  # waits for a worker
 
     second = {**window, "end": "2026-01-05T11:00:00+00:00"}

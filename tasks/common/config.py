@@ -273,6 +273,8 @@ class PackageParams(Section):
 class MonitorParams(Section):
     traffic_dir: str
     min_traffic: int = Field(ge=1, description="fewer logged images: not enough traffic to judge")
+    detector: Literal["bonferroni", "share"]
+    alpha: float = Field(gt=0.0, lt=1.0, description="the chance that an unshifted window is called drifted")
     drift_share: float = Field(gt=0.0, le=1.0)
 
 

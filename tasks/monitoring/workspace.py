@@ -55,8 +55,11 @@ def dashboard_panels() -> list[DashboardPanelPlot]:
     stacked = "Drift detected = 1; stacked, so the height is the number of columns."
     return [
         counter_panel("Latest window", [count, share, confidence]),
-        line_plot_panel("Share of drifted columns", [share], size="half",
-                        description="The window counts as drifted when this reaches monitor.drift_share."),
+        line_plot_panel("Column tests that fired", [count], size="half",
+                        description="monitor.detector bonferroni: one test that fires (a p-value below "
+                                    "monitor.alpha / columns) makes the window drifted; share: monitor.drift_share "
+                                    "of the columns must. The bars below say which tests fired; each window's "
+                                    "report, their statistics and thresholds."),
         line_plot_panel("Mean confidence", [confidence], size="half",
                         description="A falling confidence is often the first sign of unfamiliar inputs."),
         bar_plot_panel("Drifted image statistics", _flags(STAT_COLUMNS), size="half", stacked=True,
