@@ -245,22 +245,18 @@ def measure(reference: pd.DataFrame, found: dict, args, monitor) -> tuple[list[d
             for w in range(count):
                 current = draw_window(kind, size, found, rng)
                 start = time.perf_counter()
-                for name, drifted in verdicts(reference, current, monitor.alpha, monitor.drift_share).items():
-                    hits[name] = hits.get(name, 0) + int(drifted)
+                judged = verdicts(reference, current, monitor.alpha, monitor.drift_share)
                 seconds += time.perf_counter() - start
+                for name, drifted in judged.items():
+                    hits[name] = hits.get(name, 0) + int(drifted)
                 if w < args.check:
                     agreement["windows"] += 1
-                    mine = verdicts_for(monitor.detector, reference, current, monitor)
-                    agreement["agree"] += int(shipped_verdict(reference, current, monitor) == mine)
+                    agreement["agree"] += int(shipped_verdict(reference, current, monitor) == judged[monitor.detector])
             for name, hit in hits.items():
                 rows.append(emit({"detector": name, "kind": kind, "size": size, "windows": count,
                                   "flagged": round(hit / count, 3)}))
             print(f"{kind} @ {size}: {count} windows, {seconds / count:.2f} s each", file=sys.stderr)
     return rows, agreement
-
-
-def verdicts_for(detector: str, reference, current, monitor) -> bool:
-    return verdicts(reference, current, monitor.alpha, monitor.drift_share)[detector]
 
 
 def flagged(rows: list[dict], detector: str, kind: str, size: int) -> float:
