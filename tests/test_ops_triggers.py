@@ -4,7 +4,10 @@ No worker runs here: a triggered retrain stays a scheduled flow run, which is ex
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,3 +137,37 @@ def test_new_labelled_data_starts_one_retrain(project: Path):
     runs = wait_for_runs("new data", 1)
     assert len(runs) == 1 and "3 added" in runs[0].parameters["reason"]
     assert (project / "images/cat/img_001.png").is_file()  # the data itself is only read
+
+
+@pytest.mark.parametrize("command", [["deployment", "ls"], ["flow-run", "ls"], ["flow", "ls"], ["work-pool", "ls"]])
+def test_prefects_own_cli_lists_what_the_server_holds(project: Path, prefect_server: str, command: list[str]):
+    listed = prefect_cli(prefect_server, *command)
+
+    expected = {"deployment": "retrain/retrain", "flow-run": "retrain", "flow": "watch-data", "work-pool": "imgclf-local"}
+    assert expected[command[0]] in listed
+
+
+def test_prefects_own_cli_runs_a_deployment(project: Path, prefect_server: str):
+    before = {run.id for run in monitor_runs()}
+
+    out = prefect_cli(prefect_server, "deployment", "run", "monitor/monitor")
+
+    created = [run for run in monitor_runs() if run.id not in before]
+    with get_client(sync_client=True) as client:  # no worker here; a later test's worker must not pick it up
+        for run in created:
+            client.delete_flow_run(run.id)
+    assert "Created flow run" in out and len(created) == 1
+
+
+def prefect_cli(api_url: str, *args: str) -> str:
+    """The `prefect` command a user types, against the test server; its output (it must exit 0)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "200"})
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def monitor_runs() -> list:
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("monitor/monitor")
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
