@@ -6,7 +6,8 @@ Starts, in this order, and stops in reverse on Ctrl-C:
     deployments        retrain, monitor, watch-data on the process work pool ops.work_pool
                        (flows/deployments.py), created or updated on every start
     a worker           for that pool: it runs the deployments' flow runs as child processes
-    Evidently UI       the drift dashboard of <ops.home>/evidently on ops.evidently_port
+    Evidently UI       the drift dashboard of <ops.home>/evidently on ops.evidently_port (on 127.0.0.1
+                       whatever ops.host is: it has no login)
     Label Studio       where people review suspect labels and uncertain served images, on
                        ops.label_studio_port (flows/review.py; its own environment, made on first use)
     the service        the production model on ops.service_port, following each promotion and
@@ -15,7 +16,7 @@ Starts, in this order, and stops in reverse on Ctrl-C:
 Running it again resumes from ops.home: the same database, schedules, run history and windows.
 `--api-url URL` uses a Prefect server that is already running (a team's, on PostgreSQL) instead of
 starting one; `--no-worker` leaves the runs to workers on other machines. Logs of each process go
-to <ops.home>/logs/.
+to <ops.home>/logs/. Beyond loopback the stack requires credentials (flows/credentials.py).
 """
 from __future__ import annotations
 
@@ -39,11 +40,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import State, StateType
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Crashed
 from sqlalchemy.engine import make_url
 
 import tasks  # noqa: F401  (switches telemetry off for this process and the ones it starts)
+from flows.credentials import AUTH_ENV, evidently_host, is_loopback, stack_secrets
 from flows.deployments import register
 from flows.review import studio_home, studio_url
 from tasks.common.config import Params, UserError, load_params
@@ -129,10 +131,15 @@ def wait_for_api(api_url: str, seconds: float, server: subprocess.Popen | None =
                     "(prefect server start) or fix --api-url")
 
 
-def settle_unfinished_runs(api_url: str, state: State) -> int:
+def api_settings(api_url: str, auth: str | None):
+    """This process's Prefect client settings for the stack's API (with its basic auth, if any)."""
+    return temporary_settings(updates={PREFECT_API_URL: api_url, **({PREFECT_API_AUTH_STRING: auth} if auth else {})})
+
+
+def settle_unfinished_runs(api_url: str, auth: str | None, state: State) -> int:
     """Runs of these deployments that no worker is running any more can never finish: give them a
     final state, which also frees their concurrency slot. Returns how many there were."""
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with api_settings(api_url, auth), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=FLOWS)),  # the pipeline subflow too
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED))),
@@ -140,6 +147,11 @@ def settle_unfinished_runs(api_url: str, state: State) -> int:
         for run in runs:
             client.set_flow_run_state(run.id, state.model_copy(), force=True)
     return len(runs)
+
+
+def evidently_reach(host: str, port: int) -> str:
+    """How to open the Evidently UI from another machine, when the stack is exposed."""
+    return "" if is_loopback(host) else f"; no login, so loopback only; from elsewhere: ssh -L {port}:127.0.0.1:{port} <this machine>"
 
 
 def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) -> None:
@@ -150,12 +162,14 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
     own_server = api_url is None
     if own_server:
         check_port_free(ops.host, ops.prefect_port, "ops.prefect_port")
-    check_port_free(ops.host, ops.evidently_port, "ops.evidently_port")
+    secrets = stack_secrets(ops.host, own_server, os.environ)
+    auth = secrets.get(AUTH_ENV)
+    check_port_free(evidently_host(ops.host), ops.evidently_port, "ops.evidently_port")
     check_port_free(ops.host, ops.service_port, "ops.service_port")
     check_port_free(ops.host, ops.label_studio_port, "ops.label_studio_port")
     logs.mkdir(parents=True, exist_ok=True)
     api_url = api_url or f"http://{ops.host}:{ops.prefect_port}/api"
-    env = environment(ops_home, api_url)
+    env = {**environment(ops_home, api_url), **secrets}
     # Only a stack that owns both the server and the one worker may settle runs: on a shared
     # server, runs without a worker here may well be running on another machine.
     sole_runner = own_server and with_worker
@@ -171,19 +185,20 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
             wait_for_api(api_url, STARTUP_SECONDS, children[-1], logs / "prefect-server.log")
         else:
             wait_for_api(api_url, 10)
-        if sole_runner and (crashed := settle_unfinished_runs(api_url, Crashed(message=KILLED))):
+        if sole_runner and (crashed := settle_unfinished_runs(api_url, auth, Crashed(message=KILLED))):
             print(f"marked {crashed} run(s) left unfinished by a killed stack as crashed", flush=True)
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with api_settings(api_url, auth):
             register(params, root)
         if sole_runner:  # runs after the worker has stopped, before the server does
-            stack.callback(settle_unfinished_runs, api_url, Cancelled(message=STOPPED))
+            stack.callback(settle_unfinished_runs, api_url, auth, Cancelled(message=STOPPED))
         if with_worker:
             children.append(start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", ops.work_pool,
                                              "--type", "process"], env, logs))
             stack.callback(stop, children[-1])
         open_project(ops_home / "evidently")  # the dashboard exists before the first window
         children.append(start("evidently-ui", [str(BIN / "evidently"), "ui", "--workspace", str(ops_home / "evidently"),
-                                               "--host", ops.host, "--port", str(ops.evidently_port)], env, logs))
+                                               "--host", evidently_host(ops.host), "--port", str(ops.evidently_port)],
+                              env, logs))
         stack.callback(stop, children[-1])
         studio = studio_home(root, params)
         studio.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -192,7 +207,8 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         stack.callback(stop, children[-1])
         print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, watch-data, review-sync; "
               f"work pool {ops.work_pool})\n"
-              f"Evidently UI   http://{ops.host}:{ops.evidently_port}  (drift per monitor window)\n"
+              f"Evidently UI   http://{evidently_host(ops.host)}:{ops.evidently_port}  (drift per monitor window"
+              f"{evidently_reach(ops.host, ops.evidently_port)})\n"
               f"Label Studio   {studio_url(params)}  (reviews; login in {studio / 'credentials.json'})\n"
               f"Service        http://{ops.host}:{ops.service_port}  (the production model; "
               f"{'starting' if has_production(root) else 'starts once a model is promoted'})\n"
