@@ -62,13 +62,12 @@ from tasks import train  # noqa: E402
 from tasks.common.paths import MODEL_DIR  # noqa: E402
 from tasks.data.splits import read_split  # noqa: E402
 from tasks.model.bundle import load_bundle  # noqa: E402
-from tasks.monitoring.drift import CATEGORICAL_COLUMNS, NUMERICAL_COLUMNS, drift_snapshot, summarize_drift  # noqa: E402
+from tasks.monitoring.drift import CATEGORICAL_COLUMNS, DRIFT_COLUMNS, column_tests, drift_snapshot, summarize_drift  # noqa: E402
 from tasks.monitoring.features import EMBEDDING_COLUMNS, STAT_COLUMNS, profile_images, profile_split  # noqa: E402
 from tests.conftest import make_params  # noqa: E402
 
 KNOWN = PAIRS[:4]        # the classes the model learns
 UNSEEN = PAIRS[4]        # boots, plain and striped: never in training
-COLUMNS = NUMERICAL_COLUMNS + CATEGORICAL_COLUMNS
 OUTPUT_COLUMNS = ["confidence", "prediction"]
 
 
@@ -179,14 +178,18 @@ def draw_window(kind: str, size: int, found: dict[str, pd.DataFrame], rng: np.ra
 
 # ---- detectors -----------------------------------------------------------------------------------------
 
-def column_tests(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[dict, dict]:
-    """Per column: the p-value of KS (numeric) or chi-squared (predictions), and the old rule's verdict
-    (Evidently's default test for the column at its default threshold)."""
+# The per-column tests of the monitor's bonferroni detector (KS; chi-squared on the predicted labels).
+METHODS = column_tests(make_params(monitor={"detector": "bonferroni"}).monitor)[0]
+
+
+def column_p_values(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[dict, dict]:
+    """Per column: the p-value of the monitor's test, and the old rule's verdict (Evidently's default
+    test for the column at its default threshold)."""
     p_values, default_drift = {}, {}
-    for column in COLUMNS:
+    for column in DRIFT_COLUMNS:
         kind = ColumnType.Categorical if column in CATEGORICAL_COLUMNS else ColumnType.Numerical
         ref, cur = reference[column], current[column]
-        test = get_stattest(ref, cur, kind, "chisquare" if kind == ColumnType.Categorical else "ks")
+        test = get_stattest(ref, cur, kind, METHODS[column])
         p_values[column] = float(test(ref, cur, kind, None).drift_score)
         default = get_stattest(ref, cur, kind, None)
         default_drift[column] = bool(default(ref, cur, kind, None).drifted)
@@ -209,10 +212,10 @@ EMBEDDING_METHODS = {
 
 
 def verdicts(reference: pd.DataFrame, current: pd.DataFrame, alpha: float, drift_share: float) -> dict[str, bool]:
-    p_values, default_drift = column_tests(reference, current)
+    p_values, default_drift = column_p_values(reference, current)
     found = {
         "share": np.mean(list(default_drift.values())) >= drift_share,
-        "bonferroni": bonferroni(p_values, COLUMNS, alpha),
+        "bonferroni": bonferroni(p_values, DRIFT_COLUMNS, alpha),
         "bh": bool(false_discovery_control(list(p_values.values())).min() < alpha),
         "bonferroni_outputs": bonferroni(p_values, OUTPUT_COLUMNS, alpha),
         "bonferroni_stats": bonferroni(p_values, STAT_COLUMNS, alpha),

@@ -45,7 +45,7 @@ from prefect.states import Cancelled, Crashed
 from sqlalchemy.engine import make_url
 
 import tasks  # noqa: F401  (switches telemetry off for this process and the ones it starts)
-from flows.credentials import AUTH_ENV, evidently_host, is_loopback, stack_secrets
+from flows.credentials import AUTH_ENV, evidently_host, stack_secrets
 from flows.deployments import register
 from flows.review import studio_home, studio_url
 from tasks.common.config import Params, UserError, load_params
@@ -149,9 +149,10 @@ def settle_unfinished_runs(api_url: str, auth: str | None, state: State) -> int:
     return len(runs)
 
 
-def evidently_reach(host: str, port: int) -> str:
-    """How to open the Evidently UI from another machine, when the stack is exposed."""
-    return "" if is_loopback(host) else f"; no login, so loopback only; from elsewhere: ssh -L {port}:127.0.0.1:{port} <this machine>"
+def evidently_reach(kept_on_loopback: bool, port: int) -> str:
+    """How to open the Evidently UI from another machine, when the stack is exposed and it is not."""
+    return (f"; no login, so loopback only; from elsewhere: ssh -L {port}:127.0.0.1:{port} <this machine>"
+            if kept_on_loopback else "")
 
 
 def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) -> None:
@@ -164,7 +165,8 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         check_port_free(ops.host, ops.prefect_port, "ops.prefect_port")
     secrets = stack_secrets(ops.host, own_server, os.environ)
     auth = secrets.get(AUTH_ENV)
-    check_port_free(evidently_host(ops.host), ops.evidently_port, "ops.evidently_port")
+    evidently = evidently_host(ops.host)
+    check_port_free(evidently, ops.evidently_port, "ops.evidently_port")
     check_port_free(ops.host, ops.service_port, "ops.service_port")
     check_port_free(ops.host, ops.label_studio_port, "ops.label_studio_port")
     logs.mkdir(parents=True, exist_ok=True)
@@ -197,7 +199,7 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
             stack.callback(stop, children[-1])
         open_project(ops_home / "evidently")  # the dashboard exists before the first window
         children.append(start("evidently-ui", [str(BIN / "evidently"), "ui", "--workspace", str(ops_home / "evidently"),
-                                               "--host", evidently_host(ops.host), "--port", str(ops.evidently_port)],
+                                               "--host", evidently, "--port", str(ops.evidently_port)],
                               env, logs))
         stack.callback(stop, children[-1])
         studio = studio_home(root, params)
@@ -207,8 +209,8 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         stack.callback(stop, children[-1])
         print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, watch-data, review-sync; "
               f"work pool {ops.work_pool})\n"
-              f"Evidently UI   http://{evidently_host(ops.host)}:{ops.evidently_port}  (drift per monitor window"
-              f"{evidently_reach(ops.host, ops.evidently_port)})\n"
+              f"Evidently UI   http://{evidently}:{ops.evidently_port}  (drift per monitor window"
+              f"{evidently_reach(evidently != ops.host, ops.evidently_port)})\n"
               f"Label Studio   {studio_url(params)}  (reviews; login in {studio / 'credentials.json'})\n"
               f"Service        http://{ops.host}:{ops.service_port}  (the production model; "
               f"{'starting' if has_production(root) else 'starts once a model is promoted'})\n"

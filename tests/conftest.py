@@ -4,6 +4,7 @@ built once per session (a Prefect server, the trained project, a packaged Bento)
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -194,3 +195,11 @@ def near_copy(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(out, "JPEG", quality=70)
     return out.getvalue()
+
+
+def prefect_cli(api_url: str, *args: str, auth: str | None = None) -> subprocess.CompletedProcess:
+    """The `prefect` command a user types, against api_url (with the API's basic auth when given)."""
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_AUTH_STRING"}
+    env.update({"PREFECT_API_URL": api_url, "COLUMNS": "200", **({"PREFECT_API_AUTH_STRING": auth} if auth else {})})
+    return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], capture_output=True, text=True,
+                          env=env, timeout=120)

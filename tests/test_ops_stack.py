@@ -25,7 +25,7 @@ from tasks.common.config import UserError
 from tasks.common.paths import POINTER
 from tasks.labels.studio import is_running
 from tasks.model.registry import read_pointer
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT, free_port, prefect_cli
 from tests.projects import new_project
 
 pytestmark = pytest.mark.ops
@@ -81,13 +81,6 @@ def listening_hosts(port: int) -> set[str]:
     return found
 
 
-def prefect_cli(api: str, auth: str | None, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != AUTH_ENV}
-    env.update({"PREFECT_API_URL": api, "COLUMNS": "200", **({AUTH_ENV: auth} if auth else {})})
-    return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
 @pytest.mark.slow(reason="starts the whole stack twice and runs the pipeline through its worker")
 def test_the_exposed_stack_requires_its_secrets_retrains_through_its_worker_stops_cleanly_and_resumes(tmp_path: Path):
     root = ops_project(tmp_path / "project", host="0.0.0.0")  # beyond loopback: every door needs its secret
@@ -102,8 +95,8 @@ def test_the_exposed_stack_requires_its_secrets_retrains_through_its_worker_stop
     try:
         assert httpx.post(f"{api}/deployments/filter", json={}).status_code == 401
         assert httpx.post(f"{api}/deployments/filter", json={}, auth=tuple(auth.split(":", 1))).status_code == 200
-        assert prefect_cli(api, None, "deployment", "ls").returncode != 0
-        listed = prefect_cli(api, auth, "deployment", "ls")
+        assert prefect_cli(api, "deployment", "ls").returncode != 0
+        listed = prefect_cli(api, "deployment", "ls", auth=auth)
         assert listed.returncode == 0 and "retrain/retrain" in listed.stdout, listed.stderr
         deadline = time.monotonic() + 60
         while not (evidently := listening_hosts(ops["evidently_port"])) and time.monotonic() < deadline:

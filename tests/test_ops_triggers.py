@@ -4,10 +4,7 @@ No worker runs here: a triggered retrain stays a scheduled flow run, which is ex
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from flows.deployments import register
 from flows.events import DRIFT_EVENT, announce_drift
 from flows.watch_data import watch_data
 from tasks.common.config import load_params
-from tests.conftest import PROJECT_ROOT, write_image_set
+from tests.conftest import PROJECT_ROOT, prefect_cli, write_image_set
 
 pytestmark = [pytest.mark.ops, pytest.mark.slow(reason="a real Prefect server: schedules, automations, events")]
 
@@ -141,7 +138,7 @@ def test_new_labelled_data_starts_one_retrain(project: Path):
 
 @pytest.mark.parametrize("command", [["deployment", "ls"], ["flow-run", "ls"], ["flow", "ls"], ["work-pool", "ls"]])
 def test_prefects_own_cli_lists_what_the_server_holds(project: Path, prefect_server: str, command: list[str]):
-    listed = prefect_cli(prefect_server, *command)
+    listed = listed_by_cli(prefect_server, *command)
 
     expected = {"deployment": "retrain/retrain", "flow-run": "retrain", "flow": "watch-data", "work-pool": "imgclf-local"}
     assert expected[command[0]] in listed
@@ -150,7 +147,7 @@ def test_prefects_own_cli_lists_what_the_server_holds(project: Path, prefect_ser
 def test_prefects_own_cli_runs_a_deployment(project: Path, prefect_server: str):
     before = {run.id for run in monitor_runs()}
 
-    out = prefect_cli(prefect_server, "deployment", "run", "monitor/monitor")
+    out = listed_by_cli(prefect_server, "deployment", "run", "monitor/monitor")
 
     created = [run for run in monitor_runs() if run.id not in before]
     with get_client(sync_client=True) as client:  # no worker here; a later test's worker must not pick it up
@@ -159,10 +156,9 @@ def test_prefects_own_cli_runs_a_deployment(project: Path, prefect_server: str):
     assert "Created flow run" in out and len(created) == 1
 
 
-def prefect_cli(api_url: str, *args: str) -> str:
-    """The `prefect` command a user types, against the test server; its output (it must exit 0)."""
-    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "200"})
+def listed_by_cli(api_url: str, *args: str) -> str:
+    """What the `prefect` command prints against the test server (it must exit 0)."""
+    done = prefect_cli(api_url, *args)
     assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
