@@ -12,6 +12,7 @@ Every window goes to <ops.home>/monitor/windows.jsonl and to the `monitor-window
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,8 +32,16 @@ from tasks.model.registry import check_in_store, model_dir, read_pointer
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
 from tasks.monitoring.traffic import read_traffic
-from tasks.monitoring.windows import DRIFT, NO_DRIFT, NOT_ENOUGH_TRAFFIC, next_window, record_window, report_dir
-from tasks.monitoring.workspace import add_window
+from tasks.monitoring.windows import (
+    DRIFT,
+    NO_DRIFT,
+    NOT_ENOUGH_TRAFFIC,
+    next_window,
+    record_window,
+    report_dir,
+    snapshot_id,
+)
+from tasks.monitoring.workspace import add_window, remove_windows
 
 WINDOW_KEYS = ("verdict", "drifted_columns", "drifted_count", "columns_checked", "drift_share_observed", "dataset_drift",
                "mean_confidence", "prediction_mix")
@@ -72,9 +81,12 @@ def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFra
     snapshot = drift_snapshot(reference, current, params.monitor, timestamp=end)
     summary = summarize_drift(snapshot.dict())
     folder = report_dir(ops_home, end)
-    folder.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(folder / "drift.html"))  # Evidently writes nothing unless given a str path
-    (folder / "drift.json").write_text(json.dumps(summary, indent=2))
+    partial = partial_report_dir(folder)  # renamed once complete: a full disk leaves no half report
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while writing
+    partial.mkdir(parents=True)
+    snapshot.save_html(str(partial / "drift.html"))  # Evidently writes nothing unless given a str path
+    (partial / "drift.json").write_text(json.dumps(summary, indent=2))
+    partial.rename(folder)
     shown_at = add_window(ops_home / "evidently", snapshot, name=f"window to {end:%Y-%m-%d %H:%M} UTC")
     return {
         **window,
@@ -88,6 +100,19 @@ def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFra
     }
 
 
+def partial_report_dir(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.partial")
+
+
+def discard_window(ops_home: Path, window: dict) -> None:
+    """Remove whatever of a window was written before writing failed: report folder, snapshot."""
+    folder = report_dir(ops_home, datetime.fromisoformat(window["end"]))
+    for path in (folder, partial_report_dir(folder)):
+        shutil.rmtree(path, ignore_errors=True)
+    if sid := snapshot_id(window):
+        remove_windows(ops_home / "evidently", [sid])
+
+
 def publish_window(window: dict) -> None:
     lines = [f"### Monitor window: {window['status']}", "", "| | |", "|---|---|",
              *(f"| {key} | {value} |" for key, value in window.items())]
@@ -99,6 +124,7 @@ def publish_window(window: dict) -> None:
 def monitor(repo_dir: str = ".", window_minutes: int | None = None):
     """Judge the next window of logged traffic; emit a drift event when it drifted."""
     root, logger = Path(repo_dir).resolve(), get_run_logger()
+    window = None
     try:
         params = load_params(root / "params.yaml")
         ops_home = root / params.ops.home
@@ -111,10 +137,17 @@ def monitor(repo_dir: str = ".", window_minutes: int | None = None):
             window = {**window, "status": NOT_ENOUGH_TRAFFIC, "min_traffic": params.monitor.min_traffic}
         else:
             window = judge_window(params, root, ops_home, current, window)
+        record_window(ops_home, window)
     except UserError as err:
         logger.error("monitor: %s", err)
         return Failed(message=str(err))
-    record_window(ops_home, window)
+    except OSError as err:  # a full disk, a read-only mount
+        if window is not None:
+            discard_window(ops_home, window)
+        message = (f"the window could not be written under {ops_home} ({err.strerror or err}); nothing of it "
+                   "was kept and the next window judges its traffic; free space there")
+        logger.error("monitor: %s", message)
+        return Failed(message=message)
     publish_window(window)
     logger.info("window %s .. %s: %d images, %s%s", window["start"] or "start", window["end"], window["images"],
                 window["status"], f" ({', '.join(window['drifted_columns'])})" if window["status"] == DRIFT else "")

@@ -3,9 +3,10 @@
 Starts, in this order, and stops in reverse on Ctrl-C:
     Prefect server     UI and API on ops.host:ops.prefect_port; SQLite under ops.home
                        (or the database in PREFECT_API_DATABASE_CONNECTION_URL, e.g. PostgreSQL)
-    deployments        retrain, monitor, watch-data on the process work pool ops.work_pool
-                       (flows/deployments.py), created or updated on every start
+    deployments        retrain, monitor, review-sync, housekeeping on the process work pool
+                       ops.work_pool (flows/deployments.py), created or updated on every start
     a worker           for that pool: it runs the deployments' flow runs as child processes
+    the data watcher   emits the new-data event when images under data.root change (flows/watch_data.py)
     Evidently UI       the drift dashboard of <ops.home>/evidently on ops.evidently_port (on 127.0.0.1
                        whatever ops.host is: it has no login)
     Label Studio       where people review suspect labels and uncertain served images, on
@@ -13,7 +14,7 @@ Starts, in this order, and stops in reverse on Ctrl-C:
     the service        the production model on ops.service_port, following each promotion and
                        rollback (`python -m tasks.production serve`); started once production has a model
 
-Running it again resumes from ops.home: the same database, schedules, run history and windows.
+A part that dies is started again (flows/supervise.py); running it again resumes from ops.home: the same database, schedules, run history and windows.
 `--api-url URL` uses a Prefect server that is already running (a team's, on PostgreSQL) instead of
 starting one; `--no-worker` leaves the runs to workers on other machines. Logs of each process go
 to <ops.home>/logs/. Beyond loopback the stack requires credentials (flows/credentials.py).
@@ -46,8 +47,9 @@ from sqlalchemy.engine import make_url
 
 import tasks  # noqa: F401  (switches telemetry off for this process and the ones it starts)
 from flows.credentials import AUTH_ENV, evidently_host, stack_secrets
-from flows.deployments import register
+from flows.deployments import HEARTBEAT_SECONDS, register
 from flows.review import studio_home, studio_url
+from flows.supervise import Children
 from tasks.common.config import Params, UserError, load_params
 from tasks.common.paths import POINTER
 from tasks.labels.studio import credentials, ensure_environment, server_command, server_environment
@@ -57,7 +59,7 @@ from tasks.monitoring.workspace import open_project
 BIN = Path(sys.executable).parent
 STARTUP_SECONDS = 120  # a first start on an empty database migrates it: ~10 s on 2 cores
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
-FLOWS = ["retrain", "monitor", "watch-data", "review-sync", "image-classification-pipeline"]
+FLOWS = ["retrain", "monitor", "review-sync", "housekeeping", "watch-data", "image-classification-pipeline"]
 KILLED = "the operations stack was killed while this ran"
 STOPPED = "the operations stack was stopped while this ran"
 
@@ -79,31 +81,14 @@ def environment(ops_home: Path, api_url: str) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.setdefault("PREFECT_HOME", str(ops_home / "prefect"))
     env.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{ops_home / 'prefect' / 'prefect.db'}")
+    # Besides events (7 days), the server deletes the logs and artifacts of the flow runs that the
+    # housekeeping deployment deleted (flows/housekeeping.py).
+    env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,orphans")
     env.update({"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": "5",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                # flow runs send heartbeats, so a run whose process died is marked Crashed (flows/deployments.py)
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)})
     return env
-
-
-def start(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
-    """A child in its own session, so that Ctrl-C reaches only this process and the stack stops in order."""
-    with (logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, seconds: float = 20) -> None:
-    """SIGTERM to the child's whole process group (its own children too), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, seconds), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def has_production(root: Path) -> bool:
@@ -175,16 +160,15 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
     # Only a stack that owns both the server and the one worker may settle runs: on a shared
     # server, runs without a worker here may well be running on another machine.
     sole_runner = own_server and with_worker
-    children: list[subprocess.Popen] = []
     with ExitStack() as stack:
+        children = Children(stack, logs)
         if own_server:
             Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
             database = make_url(env["PREFECT_API_DATABASE_CONNECTION_URL"]).render_as_string(hide_password=True)
             print(f"Prefect server starting (database: {database})", flush=True)
-            children.append(start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", ops.host,
-                                                     "--port", str(ops.prefect_port)], env, logs))
-            stack.callback(stop, children[-1])
-            wait_for_api(api_url, STARTUP_SECONDS, children[-1], logs / "prefect-server.log")
+            server = children.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", ops.host,
+                                                       "--port", str(ops.prefect_port)], env)
+            wait_for_api(api_url, STARTUP_SECONDS, server, logs / "prefect-server.log")
         else:
             wait_for_api(api_url, 10)
         if sole_runner and (crashed := settle_unfinished_runs(api_url, auth, Crashed(message=KILLED))):
@@ -194,20 +178,17 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
         if sole_runner:  # runs after the worker has stopped, before the server does
             stack.callback(settle_unfinished_runs, api_url, auth, Cancelled(message=STOPPED))
         if with_worker:
-            children.append(start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", ops.work_pool,
-                                             "--type", "process"], env, logs))
-            stack.callback(stop, children[-1])
+            children.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", ops.work_pool,
+                                      "--type", "process"], env)
+        children.start("data-watcher", [sys.executable, "-m", "flows.watch_data"], env)
         open_project(ops_home / "evidently")  # the dashboard exists before the first window
-        children.append(start("evidently-ui", [str(BIN / "evidently"), "ui", "--workspace", str(ops_home / "evidently"),
-                                               "--host", evidently, "--port", str(ops.evidently_port)],
-                              env, logs))
-        stack.callback(stop, children[-1])
+        children.start("evidently-ui", [str(BIN / "evidently"), "ui", "--workspace", str(ops_home / "evidently"),
+                                        "--host", evidently, "--port", str(ops.evidently_port)], env)
         studio = studio_home(root, params)
         studio.mkdir(parents=True, exist_ok=True, mode=0o700)
-        children.append(start("label-studio", server_command(ensure_environment(), ops.host, ops.label_studio_port),
-                              server_environment(studio, root, credentials(studio)), logs))
-        stack.callback(stop, children[-1])
-        print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, watch-data, review-sync; "
+        children.start("label-studio", server_command(ensure_environment(), ops.host, ops.label_studio_port),
+                       server_environment(studio, root, credentials(studio)))
+        print(f"Prefect UI     {api_url.removesuffix('/api')}  (deployments retrain, monitor, review-sync, housekeeping; "
               f"work pool {ops.work_pool})\n"
               f"Evidently UI   http://{evidently}:{ops.evidently_port}  (drift per monitor window"
               f"{evidently_reach(evidently != ops.host, ops.evidently_port)})\n"
@@ -217,16 +198,13 @@ def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) ->
               f"logs           {logs}\n"
               f"run now        PREFECT_API_URL={api_url} prefect deployment run retrain/retrain\n"
               "Ctrl-C stops everything.", flush=True)
-        service = None
-        while all(child.poll() is None for child in children):
-            if service is None and has_production(root):  # the first promotion may come from a retrain
-                service = start("service", [sys.executable, "-m", "tasks.production", "serve", "--host", ops.host,
-                                            "--port", str(ops.service_port)], env, logs)
-                children.append(service)
-                stack.callback(stop, service)
+        while True:  # until Ctrl-C, or a part that keeps dying
+            if "service" not in children.procs and has_production(root):  # the first promotion may come from a retrain
+                children.start("service", [sys.executable, "-m", "tasks.production", "serve", "--host", ops.host,
+                                           "--port", str(ops.service_port)], env)
+            for line in children.restart_dead():
+                print(line, flush=True)
             time.sleep(1)
-        died = next(child for child in children if child.poll() is not None)
-        raise UserError(f"{Path(died.args[0]).name} {died.args[1]} stopped (exit {died.returncode}); see {logs}")
 
 
 def main(argv: list[str] | None = None) -> None:

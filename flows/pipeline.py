@@ -151,7 +151,10 @@ def push_outputs(repo_dir: Path) -> str:
     return f"{pushed} files pushed to remote {remote}"
 
 
-@flow(name="image-classification-pipeline")
+FLOW_NAME = "image-classification-pipeline"
+
+
+@flow(name=FLOW_NAME)
 def pipeline(repo_dir: str = ".", until: str | None = None, promote: bool = True, push: bool = True):
     """Run every dvc.yaml stage in order (or up to `until`); stop at the first failure. Then, with
     `promote`, move production to the new model if the gate passed it, and with `push`, send every

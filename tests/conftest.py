@@ -3,6 +3,7 @@ fixtures: tiny image folders made in the test, params pointing at them, and the 
 built once per session (a Prefect server, the trained project, a packaged Bento). docs/testing.md."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -130,17 +131,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server on a free loopback port, with its own SQLite database, started the way
-    the operations command starts it; this process's Prefect settings point at it. One per session:
-    tests that read back what they made filter by their own flow run, event time or deployment."""
+@contextlib.contextmanager
+def running_prefect_server(home: Path):
+    """A real Prefect server on a free loopback port with its own SQLite database under `home`, started
+    the way the operations command starts it; this process's Prefect settings point at it meanwhile."""
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.ops import environment, start, stop, wait_for_api
+    from flows.ops import environment, wait_for_api
+    from flows.supervise import start, stop
 
-    home = tmp_path_factory.mktemp("ops")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     server = start("prefect-server", [str(Path(sys.executable).parent / "prefect"), "server", "start",
@@ -153,6 +153,14 @@ def prefect_server(tmp_path_factory):
             EventsWorker.drain_all()
     finally:
         stop(server)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One server per session: tests that read back what they made filter by their own flow run,
+    event time or deployment."""
+    with running_prefect_server(tmp_path_factory.mktemp("ops")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

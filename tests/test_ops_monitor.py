@@ -106,3 +106,26 @@ def test_a_drifted_window_is_recorded_and_emits_one_drift_event(project: Path, t
     assert "brightness" in event["payload"]["summary"] and event["payload"]["end"] == window["end"]
     assert json.loads(Path(window["report"]).with_suffix(".json").read_text())["dataset_drift"] is True
     assert pd.read_csv(next((project / ".ops/monitor/reference").glob("*.csv"))).shape[0] == 45
+
+
+def test_a_window_that_cannot_be_written_leaves_nothing_and_the_next_judges_its_traffic(project: Path, tmp_path: Path):
+    """The history on a full disk (here /dev/full, whose writes fail with ENOSPC): the run fails in one
+    line, no report or snapshot of it stays, and once there is room the next window has its images."""
+    history = project / ".ops/monitor/windows.jsonl"
+    kept = history.read_text()
+    before = (sorted((project / ".ops/monitor/windows").iterdir()), len(snapshots(project)))
+    log_traffic(project, fresh_images(tmp_path, seed=10))
+    history.unlink()
+    history.symlink_to("/dev/full")
+    try:
+        state = monitor(repo_dir=str(project), return_state=True)
+    finally:
+        history.unlink()
+        history.write_text(kept)
+    assert state.is_failed()
+    assert state.message.startswith("the window could not be written under") and "No space left on device" in state.message
+    assert (sorted((project / ".ops/monitor/windows").iterdir()), len(snapshots(project))) == before
+
+    log_traffic(project, fresh_images(tmp_path, seed=11))
+    window = monitor(repo_dir=str(project))
+    assert window["images"] == 60 and len(read_windows(project / ".ops")) == 4  # both batches, judged once

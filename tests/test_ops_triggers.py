@@ -4,19 +4,24 @@ No worker runs here: a triggered retrain stays a scheduled flow run, which is ex
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.events.worker import EventsWorker
+from prefect.exceptions import ObjectNotFound
+from prefect.schedules import Interval
 
-from flows.deployments import register
+from flows.deployments import SILENT_RUNS, register
 from flows.events import DRIFT_EVENT, announce_drift
-from flows.watch_data import watch_data
 from tasks.common.config import load_params
 from tests.conftest import PROJECT_ROOT, prefect_cli, write_image_set
 
@@ -33,6 +38,7 @@ def project(tmp_path_factory, prefect_server) -> Path:
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"]["root"] = "images"
     raw["ops"]["retrain"]["cooldown_minutes"] = COOLDOWN_MINUTES
+    raw["ops"]["data_check_seconds"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     write_image_set(root / "images", {"cat": 3, "dog": 3})
     register(load_params(root / "params.yaml"), root)
@@ -72,16 +78,17 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
     with get_client(sync_client=True) as client:
         retrain = client.read_deployment_by_name("retrain/retrain")
         monitor = client.read_deployment_by_name("monitor/monitor")
-        watch = client.read_deployment_by_name("watch-data/watch-data")
+        housekeeping = client.read_deployment_by_name("housekeeping/housekeeping")
     assert [(s.schedule.cron, s.schedule.timezone, s.parameters) for s in retrain.schedules] == [
         ("0 3 * * 1", "UTC", {"trigger": "schedule"})]
     assert [s.schedule.cron for s in monitor.schedules] == ["0 * * * *"]
-    assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [60]
+    assert [s.schedule.cron for s in housekeeping.schedules] == ["30 2 * * *"]
     assert retrain.global_concurrency_limit.limit == 1 and monitor.global_concurrency_limit.limit == 1
-    assert {d.work_pool_name for d in (retrain, monitor, watch)} == {"imgclf-local"}
+    assert {d.work_pool_name for d in (retrain, monitor, housekeeping)} == {"imgclf-local"}
     triggers = {a["name"]: a["trigger"] for a in automations()}
-    assert set(triggers) == {"retrain on drift", "retrain on new data"}
+    assert set(triggers) == {"retrain on drift", "retrain on new data", SILENT_RUNS}
     assert triggers["retrain on drift"]["within"] == COOLDOWN_MINUTES * 60
+    assert triggers[SILENT_RUNS]["posture"] == "Proactive" and triggers[SILENT_RUNS]["within"] == 90
 
     # The server's scheduler turns the cron schedule into upcoming runs that say why they run.
     deadline = time.monotonic() + 60
@@ -94,7 +101,7 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
     register(load_params(project / "params.yaml"), project)
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("retrain/retrain").id == retrain.id
-    assert sorted(a["name"] for a in automations()) == ["retrain on drift", "retrain on new data"]
+    assert sorted(a["name"] for a in automations()) == sorted(["retrain on drift", "retrain on new data", SILENT_RUNS])
 
 
 def test_a_drift_event_starts_one_retrain_and_a_second_within_the_cooldown_none(project: Path):
@@ -120,27 +127,51 @@ def test_a_drift_event_starts_one_retrain_and_a_second_within_the_cooldown_none(
     assert len(retrain_runs("drift")) == 1
 
 
-def test_new_labelled_data_starts_one_retrain(project: Path):
-    assert watch_data(repo_dir=str(project)).startswith("recorded 6 files")  # the baseline
-    assert "unchanged" in watch_data(repo_dir=str(project))
-    assert retrain_runs("new data") == []  # neither announces anything (a stray run would also fail the count below)
+def test_new_labelled_data_starts_one_retrain(project: Path, prefect_server: str):
+    """The data watcher process: a baseline, silence while nothing changes, one event for a change."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    watcher = subprocess.Popen([sys.executable, "-m", "flows.watch_data"], cwd=project, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert watcher.stdout.readline().startswith("recorded 6 files")  # the baseline
+        time.sleep(3)  # a few polls (ops.data_check_seconds is 1 here) with nothing changed
+        assert retrain_runs("new data") == []  # nothing announced (a stray run would also fail the count below)
 
-    write_image_set(project / "images", {"fox": 3}, seed=5)  # a new class
-    (project / "images/bird").mkdir()
-    shutil.move(project / "images/cat/img_000.png", project / "images/bird/img_000.png")
-    result = watch_data(repo_dir=str(project))
-    assert "3 added" in result and "1 relabelled" in result
-    EventsWorker.drain_all()
-    runs = wait_for_runs("new data", 1)
+        write_image_set(project / "images", {"fox": 3}, seed=5)  # a new class
+        (project / "images/bird").mkdir()
+        shutil.move(project / "images/cat/img_000.png", project / "images/bird/img_000.png")
+        runs = wait_for_runs("new data", 1)
+    finally:
+        watcher.terminate()
+        output = watcher.communicate(timeout=30)[0]
+    assert "3 added" in output and "1 relabelled" in output
     assert len(runs) == 1 and "3 added" in runs[0].parameters["reason"]
     assert (project / "images/cat/img_001.png").is_file()  # the data itself is only read
+    assert "Traceback" not in output
+
+
+def test_registering_removes_the_retired_per_minute_deployment(project: Path):
+    """A stack upgraded from the watch-data deployment must not keep its schedule going."""
+    register_old_watch_data(project)
+    register(load_params(project / "params.yaml"), project)
+    with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
+        client.read_deployment_by_name("watch-data/watch-data")
+
+
+def register_old_watch_data(project: Path) -> None:
+    (project / "old_watch.py").write_text("from prefect import flow\n\n@flow(name='watch-data')\ndef watch_data():\n"
+                                          "    return 'checked'\n")
+    flow.from_source(source=str(project), entrypoint="old_watch.py:watch_data").to_deployment(
+        name="watch-data", work_pool_name="imgclf-local", schedules=[Interval(60)]).apply()
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("watch-data/watch-data").schedules
 
 
 @pytest.mark.parametrize("command", [["deployment", "ls"], ["flow-run", "ls"], ["flow", "ls"], ["work-pool", "ls"]])
 def test_prefects_own_cli_lists_what_the_server_holds(project: Path, prefect_server: str, command: list[str]):
     listed = listed_by_cli(prefect_server, *command)
 
-    expected = {"deployment": "retrain/retrain", "flow-run": "retrain", "flow": "watch-data", "work-pool": "imgclf-local"}
+    expected = {"deployment": "retrain/retrain", "flow-run": "retrain", "flow": "housekeeping", "work-pool": "imgclf-local"}
     assert expected[command[0]] in listed
 
 
@@ -164,6 +195,8 @@ def listed_by_cli(api_url: str, *args: str) -> str:
 
 
 def monitor_runs() -> list:
+    """The monitor deployment's runs made on demand (the server's scheduler adds the hourly ones)."""
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("monitor/monitor")
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+    return [run for run in runs if not run.auto_scheduled]

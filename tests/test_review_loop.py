@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from flows.deployments import register
 from flows.retrain import retrain
 from flows.review import review_sync, studio_home
-from flows.watch_data import watch_data
+from flows.watch_data import check_data
 from tasks.common.config import load_params
 from tasks.common.paths import SUSPECTS_CSV
 from tasks.labels.queue import keep_uncertain, queue_dir
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.labelling, pytest.mark.slow(reason="a real Label Studi
 @pytest.fixture(scope="module")
 def loop(trained, tmp_path_factory):
     """A copy of the trained project with one suspect label and three uncertain served images, its
-    deployments registered, watch-data's baseline taken, and its Label Studio running."""
+    deployments registered, the data watcher's baseline taken, and its Label Studio running."""
     project = copy_trained(trained, tmp_path_factory.mktemp("review") / "copy").repo
     shutil.copytree(PROJECT_ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     set_params(project, "ops", label_studio_port=free_port())
@@ -50,7 +50,7 @@ def loop(trained, tmp_path_factory):
                    np.array([[0.45, 0.40, 0.15]] * 3), ["cat", "dog", "fox"], "image-classifier:v1",
                    ["a.png", "b.png", "c.png"], below=0.2)
     register(params, project)
-    assert watch_data(repo_dir=str(project)).startswith("recorded")
+    assert check_data(project, params).startswith("recorded")
     with running(studio_home(project, params), project, port=params.ops.label_studio_port) as server:
         yield {"project": project, "params": params, "url": server.url,
                "token": credentials(studio_home(project, params)).api_key}
@@ -117,7 +117,7 @@ def test_the_loop_from_tasks_to_data_and_one_retrain(loop):
     assert (project / f"{params.data.root}.dvc").is_file() and (project / f"{params.labels.review_dir}.dvc").is_file()
     assert review_sync(repo_dir=str(project))["reviews_applied"] == 0  # applied once
 
-    assert "changed" in watch_data(repo_dir=str(project))
+    assert "changed" in check_data(project, params)
     deadline = time.monotonic() + 60
     while not (runs := new_data_retrains(since=started)) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -301,6 +301,16 @@ class ReviewOps(Section):
     _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
 
 
+class RetentionOps(Section):
+    cron: str = Field(description="when the housekeeping deployment prunes what the stack keeps")
+    flow_run_days: StrictInt = Field(ge=1, description="flow runs that ended longer ago are deleted, except retrains")
+    traffic_days: StrictInt = Field(ge=1, description="traffic log files last written longer ago are deleted")
+    windows: StrictInt = Field(ge=1, description="monitor windows whose reports and snapshots are kept")
+    promotions: StrictInt = Field(ge=0, description="Bentos kept in deploy/store besides production's")
+
+    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
+
+
 class OpsParams(Section):
     home: str
     host: str
@@ -310,10 +320,11 @@ class OpsParams(Section):
     label_studio_port: StrictInt = Field(ge=1, le=65535)
     timezone: str
     work_pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    data_check_seconds: StrictInt = Field(ge=10)
+    data_check_seconds: StrictInt = Field(ge=1, description="how often the data watcher polls data.root")
     retrain: RetrainOps
     monitor: MonitorOps
     review: ReviewOps
+    retention: RetentionOps
 
     @field_validator("timezone")
     @classmethod

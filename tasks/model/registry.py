@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -105,6 +106,20 @@ def archive_bento(tag: str, bento: str, home: str | Path | None = None, archives
         finally:
             partial.unlink(missing_ok=True)
     return target
+
+
+def prune_archives(pointer: dict, keep: int, archives: Path = STORE_ARCHIVES, min_age_hours: float = 24) -> list[Path]:
+    """Delete archived Bentos that serve neither production nor one of the last `keep` models before
+    it (what a rollback reaches). One written in the last `min_age_hours` stays: a promotion may be
+    exporting it before it names it in the pointer. Older versions stay in DVC's cache and remote."""
+    entries = [pointer["current"], *[entry for entry in pointer["previous"] if entry][:keep]]
+    wanted = {archive_path(entry["model"], archives).name for entry in entries if entry}
+    young = time.time() - min_age_hours * 3600
+    removed = [path for path in sorted(archives.glob("*.bento.tar.gz"))
+               if path.name not in wanted and path.stat().st_mtime < young]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _bentoml(args: list[str], home: str | Path | None, doing: str) -> None:

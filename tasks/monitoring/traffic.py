@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +68,8 @@ def read_traffic(traffic_dir: Path, since: datetime | None = None, until: dateti
     windowed = since is not None or until is not None
     rows, skipped = [], 0
     for path in traffic_files(traffic_dir):
+        if since is not None and last_written(path) < since - timedelta(minutes=1):
+            continue  # last written well before the window (a margin for coarse file times): none of its lines is in it
         with path.open(encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 if not line.strip():
@@ -83,3 +85,17 @@ def read_traffic(traffic_dir: Path, since: datetime | None = None, until: dateti
                 elif not windowed or ((since is None or when > since) and (until is None or when <= until)):
                     rows.append(row)
     return pd.DataFrame(rows, columns=LOGGED_COLUMNS), skipped
+
+
+def last_written(path: Path) -> datetime:
+    """When a log file was last appended to: no line in it was logged later."""
+    return datetime.fromtimestamp(path.stat().st_mtime).astimezone()
+
+
+def prune_traffic(traffic_dir: Path, before: datetime) -> list[Path]:
+    """Delete the rotated log files (`data.0.log.2024-05-01`) last written before `before`. A live
+    `*.log` file is never deleted, however old: the service may still hold it open and write to it."""
+    removed = [path for path in traffic_files(traffic_dir) if ".log." in path.name and last_written(path) < before]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -4,6 +4,8 @@ the history of every window judged so far.
     <ops.home>/monitor/windows.jsonl          one JSON line per window, oldest first
     <ops.home>/monitor/windows/<end>/         the window's Evidently report (drift.html, drift.json)
 
+The housekeeping deployment keeps the newest ops.retention.windows of them (prune_windows).
+
 A window runs from the end of the previous one (or, with a window length, from that many minutes
 ago) to now, so each logged image is judged once and a shift that started yesterday is not diluted
 by months of normal traffic. A window with fewer than monitor.min_traffic images is recorded as
@@ -11,9 +13,14 @@ by months of normal traffic. A window with fewer than monitor.min_traffic images
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from tasks.common.files import write_text_atomic
 
 NOT_ENOUGH_TRAFFIC = "not enough traffic"
 DRIFT = "drift"
@@ -52,14 +59,45 @@ def next_window(ops_home: Path, now: datetime, window_minutes: int) -> tuple[dat
     return start, now
 
 
+@contextmanager
+def _history_locked(ops_home: Path):
+    """One writer of the history at a time: the monitor appending, housekeeping rewriting."""
+    folder = history_file(ops_home).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".windows.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def record_window(ops_home: Path, window: dict) -> None:
     """Append one window to the history (one line, so a crash cannot corrupt earlier windows)."""
     path = history_file(ops_home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as history:  # appends always go to the end, wherever the last read was
+    with _history_locked(ops_home), path.open("a+b") as history:  # appends always go to the end, wherever the last read was
         torn = False
         if size := history.seek(0, 2):
             history.seek(size - 1)
             torn = history.read(1) != b"\n"
         line = json.dumps(window) + "\n"
         history.write((("\n" + line) if torn else line).encode())  # a torn line stays alone
+
+
+def snapshot_id(window: dict) -> str | None:
+    """The Evidently snapshot of a judged window: the last part of its dashboard address."""
+    return window["dashboard"].rsplit("/", 1)[-1] if window.get("dashboard") else None
+
+
+def prune_windows(ops_home: Path, keep: int) -> list[dict]:
+    """Keep the newest `keep` windows: older ones leave the history, and every report folder older
+    than the oldest kept window goes (also one a crash left behind). Returns the removed windows
+    (their Evidently snapshots are the caller's to delete)."""
+    with _history_locked(ops_home):
+        windows = read_windows(ops_home)
+        removed, kept = windows[:-keep], windows[-keep:]
+        if removed:  # the history first: a crash after it leaves folders the next run removes
+            write_text_atomic(history_file(ops_home), "".join(json.dumps(w) + "\n" for w in kept))
+    if kept:
+        oldest_kept = report_dir(ops_home, datetime.fromisoformat(kept[0]["end"]))
+        for folder in oldest_kept.parent.glob("*"):  # names are UTC times, so they sort by age
+            if folder.name < oldest_kept.name:
+                shutil.rmtree(folder, ignore_errors=True)
+    return removed

@@ -107,5 +107,25 @@ def add_window(workspace_dir: Path, snapshot: Run, name: str | None = None) -> s
     with _locked(workspace_dir):
         workspace = _Workspace(str(workspace_dir))
         project = _project(workspace)
-        ref = workspace.add_run(project.id, snapshot, name=name)
+        before = set(workspace.list_runs(project.id))
+        try:
+            ref = workspace.add_run(project.id, snapshot, name=name)
+        except OSError:  # a full disk: a half-written snapshot would break the dashboard
+            for sid in set(workspace.list_runs(project.id)) - before:
+                workspace.delete_run(project.id, sid)
+            raise
     return f"/projects/{project.id}/reports/{ref.id}"
+
+
+def remove_windows(workspace_dir: Path, snapshot_ids: list[str]) -> int:
+    """Delete these windows' snapshots from the drift project (housekeeping); returns how many were there."""
+    if not snapshot_ids or not workspace_dir.is_dir():
+        return 0
+    with _locked(workspace_dir):
+        workspace = _Workspace(str(workspace_dir))
+        project = _project(workspace)
+        stored = {str(sid) for sid in workspace.list_runs(project.id)}
+        gone = [sid for sid in snapshot_ids if sid in stored]
+        for sid in gone:
+            workspace.delete_run(project.id, sid)
+    return len(gone)
