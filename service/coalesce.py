@@ -36,18 +36,24 @@ class Coalescer:
             while self.pending:
                 taken, count = [], 0
                 while self.pending and (not taken or count + len(self.pending[0][0]) <= self.max_images):
-                    taken.append(self.pending.pop(0))
-                    count += len(taken[-1][0])
+                    images, future = self.pending.pop(0)
+                    if not future.done():  # a request cancelled while waiting (its timeout) needs no answer
+                        taken.append((images, future))
+                        count += len(images)
+                if not taken:
+                    continue
                 self.on_batch(count)
                 try:
                     out = await self.call([image for images, _ in taken for image in images])
                 except Exception as err:  # each request answers with the error, as if it had called alone
                     for _, future in taken:
-                        future.set_exception(err)
+                        if not future.done():
+                            future.set_exception(err)
                     continue
                 start = 0
-                for images, future in taken:
-                    future.set_result(out[start:start + len(images)])
+                for images, future in taken:  # one cancelled during the call must not stop the others' answers
+                    if not future.done():
+                        future.set_result(out[start:start + len(images)])
                     start += len(images)
         finally:
             self.running -= 1

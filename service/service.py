@@ -33,10 +33,16 @@ Settings, from the environment:
     IMAGE_CLASSIFIER_TOKEN        a bearer token every request but the health checks must carry;
     IMAGE_CLASSIFIER_TOKEN_FILE   or a file holding it (service/access.py). Unset: no token needed
     IMAGE_CLASSIFIER_MAX_IN_FLIGHT  requests held at once per API worker (default 64); one more gets 503
+
+A model worker that is gone (killed: BentoML starts another, which takes a few seconds) or does not
+answer is waited for MODEL_WAIT_S at most; then the requests get 503 with Retry-After and
+{"error": "model_unavailable", ...}, never another 5xx nor a wait to the 60 s timeout
+(benchmarks/service_faults.py measures it).
 """
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -48,10 +54,11 @@ import numpy as np
 import torch
 from bentoml.models import BentoModel
 from PIL import Image
+from starlette.responses import JSONResponse
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is imported)
 from service.access import BearerToken, configured_token
-from service.admission import Admission, configured_limit
+from service.admission import RETRY_AFTER_S, Admission, configured_limit
 from service.coalesce import Coalescer
 from service.production import PointerWatch
 from service.settings import (
@@ -79,6 +86,11 @@ FOLLOW_SECONDS = 2.0  # how often a following service looks at the pointer file
 MODELS_KEPT = 3  # bundles the model worker holds: production, and those requests under way may still use
 TRIM_EVERY = 50  # batches between two malloc_trim calls in the model worker (about 4 ms each)
 PRUNE_EVERY = 100  # images kept for review between two prunings of the review queue
+# The longest wait for the model worker's answer to one batch. A forward pass of 64 images takes about 0.1 s here
+# and a killed model worker is back in 5-8 s (docs/performance.md, benchmarks/service_faults.py); twice this
+# still fits in the 60 s request timeout, since a request may first wait for the batch ahead of its own.
+MODEL_WAIT_S = 20.0
+MODEL_UNAVAILABLE = "the model worker is restarting or not answering; retry in a few seconds"
 
 logger = logging.getLogger("bentoml.image_classifier")
 
@@ -146,6 +158,10 @@ class ClassifierModel:
         return np.concatenate([probs, bundle.project(features)], axis=1).astype(np.float32)
 
 
+class ModelUnavailable(Exception):
+    """The model worker could not be reached, or did not answer within MODEL_WAIT_S."""
+
+
 @dataclass
 class Served:
     """One model as the API serves it; a request keeps the one it started with to the end."""
@@ -174,6 +190,7 @@ class ImageClassifier:
         self.review_queue, self.uncertain = queue_dir(self.traffic_dir), uncertain_settings()
         self.kept_since_prune = PRUNE_EVERY  # prunes on the first image kept
         self.pointer = follow_pointer()
+        self.model_down_until = 0.0  # monotonic time until which batches fail at once (see infer)
         # Only the bundle's sidecar is needed here: preprocessing and class names, as in training.
         self.served = self.serving(str(self.bento_model.tag), self.bento_model.path)
         following = f"; following {self.pointer}" if self.pointer else ""
@@ -203,7 +220,10 @@ class ImageClassifier:
         # RGB as the clean stage made the training images: upright, transparency on its background.
         background = tuple(served.meta["background"])
         rgb = await anyio.to_thread.run_sync(lambda: [to_rgb(img, background) for img in images])
-        out = await served.coalesce(rgb)
+        try:
+            out = await served.coalesce(rgb)
+        except ModelUnavailable as err:  # Admission adds Retry-After to every 503
+            return JSONResponse({"error": "model_unavailable", "detail": str(err)}, status_code=503)
         probs, embeddings = out[:, : len(labels)], out[:, len(labels) :]
 
         await anyio.to_thread.run_sync(self.log_traffic, rgb, probs, embeddings, labels)
@@ -222,20 +242,30 @@ class ImageClassifier:
 
     async def infer(self, tag: str, meta: dict, images: list[Image.Image]) -> np.ndarray:
         """One batch: preprocessed here, classified by ClassifierModel, tried up to three times when
-        the connection drops.
+        the connection drops; ModelUnavailable if the model worker does not answer within MODEL_WAIT_S.
 
         BentoML's client to a dependency replaces its connection pool every 100 requests and
         closes the old one with the requests still on it (bentoml 1.4.39); those are sent again.
+        So is a batch whose model worker was killed: the server keeps the worker's socket open, so
+        the batch waits there for the worker BentoML starts instead, and is answered by it.
         """
+        if time.monotonic() < self.model_down_until:  # the batches queued behind a failed one fail at once
+            raise ModelUnavailable(MODEL_UNAVAILABLE)
         batch = await anyio.to_thread.run_sync(
             lambda: preprocess(images, meta["image_size"], meta["mean"], meta["std"], meta["crop_pct"]).numpy())
-        for attempt in range(1, CONNECTION_ATTEMPTS + 1):
-            try:
-                return await self.classifier.to_async.predict(batch=batch, model=tag)
-            except aiohttp.ClientConnectionError:
-                if attempt == CONNECTION_ATTEMPTS:
-                    raise
-                logger.debug("connection to ClassifierModel dropped; sending the batch again")
+        try:
+            async with asyncio.timeout(MODEL_WAIT_S):
+                for attempt in range(1, CONNECTION_ATTEMPTS + 1):
+                    try:
+                        return await self.classifier.to_async.predict(batch=batch, model=tag)
+                    except aiohttp.ClientConnectionError:
+                        if attempt == CONNECTION_ATTEMPTS:
+                            raise
+                        logger.debug("connection to ClassifierModel dropped; sending the batch again")
+        except (aiohttp.ClientError, TimeoutError) as err:
+            self.model_down_until = time.monotonic() + RETRY_AFTER_S  # the clients come back after that; so do we
+            logger.warning("ClassifierModel unavailable (%s); answering 503", type(err).__name__)
+            raise ModelUnavailable(MODEL_UNAVAILABLE) from err
 
     # ------------------------------------------------------------ following production
 

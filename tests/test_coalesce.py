@@ -94,3 +94,29 @@ def test_an_idle_coalescer_sends_at_once(calls: int):
         return np.array(images)
 
     assert run(Coalescer(echo, max_images=64, calls=calls), [[7]])[0].tolist() == [7]
+
+
+def test_a_request_that_times_out_does_not_stop_the_others_answers():
+    """A request cancelled at its timeout, while its batch is being classified or while it waits for
+    the next: the others of both batches are still answered, and the cancelled one is not classified."""
+    calls = []
+
+    async def slow(images: list) -> np.ndarray:
+        calls.append(list(images))
+        await asyncio.sleep(0.1)
+        return np.array(images)[:, None]
+
+    async def scenario():
+        coalescer = Coalescer(slow, max_images=64, calls=1)
+        first = [asyncio.ensure_future(coalescer([i])) for i in (1, 2)]
+        await asyncio.sleep(0.02)  # the first batch (1, 2) is being classified; 3 and 4 wait for the next
+        later = [asyncio.ensure_future(coalescer([i])) for i in (3, 4)]
+        await asyncio.sleep(0)
+        first[0].cancel()  # times out during its batch's call
+        later[0].cancel()  # times out while waiting
+        return await asyncio.wait_for(asyncio.gather(*first, *later, return_exceptions=True), 2)
+
+    one, two, three, four = asyncio.run(scenario())
+    assert isinstance(one, asyncio.CancelledError) and isinstance(three, asyncio.CancelledError)
+    assert two[:, 0].tolist() == [2] and four[:, 0].tolist() == [4]
+    assert calls == [[1, 2], [4]]
