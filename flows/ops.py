@@ -14,7 +14,8 @@ Starts, in this order, and stops in reverse on Ctrl-C:
     the service        the production model on ops.service_port, following each promotion and
                        rollback (`python -m tasks.production serve`); started once production has a model
 
-A part that dies is started again (flows/supervise.py); running it again resumes from ops.home: the same database, schedules, run history and windows.
+A part that dies is started again (flows/supervise.py). Running the command again resumes from
+ops.home: the same database, schedules, run history and windows.
 `--api-url URL` uses a Prefect server that is already running (a team's, on PostgreSQL) instead of
 starting one; `--no-worker` leaves the runs to workers on other machines. Logs of each process go
 to <ops.home>/logs/. Beyond loopback the stack requires credentials (flows/credentials.py).
@@ -59,7 +60,7 @@ from tasks.monitoring.workspace import open_project
 BIN = Path(sys.executable).parent
 STARTUP_SECONDS = 120  # a first start on an empty database migrates it: ~10 s on 2 cores
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
-FLOWS = ["retrain", "monitor", "review-sync", "housekeeping", "watch-data", "image-classification-pipeline"]
+FLOWS = ["retrain", "monitor", "review-sync", "housekeeping", "image-classification-pipeline"]
 KILLED = "the operations stack was killed while this ran"
 STOPPED = "the operations stack was stopped while this ran"
 

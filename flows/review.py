@@ -6,7 +6,7 @@
     python -m flows.review sync     what the review deployment runs (schedule ops.review.cron, or on demand):
                                     new suspect labels and uncertain served images become tasks, then finished
                                     reviews change data.root (tasks/labels/review.py), which is `dvc add`-ed,
-                                    so watch-data's new-data event starts a retrain
+                                    so the data watcher's new-data event starts a retrain
 
 Label Studio listens on loopback unless ops.host says otherwise; its admin login and API token come
 from LABEL_STUDIO_USERNAME / _PASSWORD / _API_KEY, else from <ops.home>/label-studio/credentials.json
