@@ -84,8 +84,12 @@ def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFra
     partial = partial_report_dir(folder)  # renamed once complete: a full disk leaves no half report
     shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while writing
     partial.mkdir(parents=True)
-    snapshot.save_html(str(partial / "drift.html"))  # Evidently writes nothing unless given a str path
     (partial / "drift.json").write_text(json.dumps(summary, indent=2))
+    # The self-contained report is 4.5 MB (Evidently's scripts in each): only for a drifted window, the
+    # one a person opens from the alert; the UI draws every window's report from its snapshot.
+    report = partial / ("drift.html" if summary["dataset_drift"] else "drift.json")
+    if summary["dataset_drift"]:
+        snapshot.save_html(str(report))  # Evidently writes nothing unless given a str path
     partial.rename(folder)
     shown_at = add_window(ops_home / "evidently", snapshot, name=f"window to {end:%Y-%m-%d %H:%M} UTC")
     return {
@@ -95,7 +99,7 @@ def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFra
         "detector": params.monitor.detector,
         "reference_images": len(reference),
         **{key: summary[key] for key in WINDOW_KEYS if key in summary},
-        "report": str(folder / "drift.html"),
+        "report": str(folder / report.name),
         "dashboard": f"http://{params.ops.host}:{params.ops.evidently_port}{shown_at}",
     }
 

@@ -93,6 +93,7 @@ def test_clean_traffic_is_no_drift_and_starts_nothing(project: Path, tmp_path: P
     assert window["status"] == "no drift", window["drifted_columns"]
     assert set(window["prediction_mix"]) <= {"cat", "dog", "fox"} and 0 < window["mean_confidence"] <= 1
     assert Path(window["report"]).is_file() and len(snapshots(project)) == 1
+    assert sorted(p.name for p in Path(window["report"]).parent.iterdir()) == ["drift.json"]  # no 4.5 MB report
     assert drift_events(project) == []
 
 
@@ -105,6 +106,7 @@ def test_a_drifted_window_is_recorded_and_emits_one_drift_event(project: Path, t
     (event,) = drift_events(project, expected=1)
     assert "brightness" in event["payload"]["summary"] and event["payload"]["end"] == window["end"]
     assert json.loads(Path(window["report"]).with_suffix(".json").read_text())["dataset_drift"] is True
+    assert Path(window["report"]).name == "drift.html" and Path(window["report"]).stat().st_size > 1e6
     assert pd.read_csv(next((project / ".ops/monitor/reference").glob("*.csv"))).shape[0] == 45
 
 

@@ -2,7 +2,8 @@
 the history of every window judged so far.
 
     <ops.home>/monitor/windows.jsonl          one JSON line per window, oldest first
-    <ops.home>/monitor/windows/<end>/         the window's Evidently report (drift.html, drift.json)
+    <ops.home>/monitor/windows/<end>/         the window's drift summary (drift.json) and, when it
+                                              drifted, Evidently's self-contained report (drift.html)
 
 The housekeeping deployment keeps the newest ops.retention.windows of them (prune_windows).
 
