@@ -114,6 +114,10 @@ def test_the_exposed_stack_requires_its_secrets_retrains_through_its_worker_stop
                 (lineage,) = client.request("POST", "/artifacts/filter", json=body).json()
                 deployment_id = client.read_deployment_by_name("retrain/retrain").id
         assert "| trigger | manual |" in lineage["data"] and "data_root_hash" in lineage["data"]
+        with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: auth}):
+            kept = run_deployment("housekeeping/housekeeping", timeout=300)  # through the worker too
+        assert kept.state.is_completed(), kept.state.message
+        assert (root / ".ops/logs/data-watcher.log").read_text().startswith("recorded 30 files under images")
         production = read_pointer(root / POINTER)["current"]
         assert production is not None  # no champion: the gate passed it
         # The stack starts the service once production has a model; it answers with that model.
