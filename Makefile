@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DOCS_ASSETS := .cache/docs_assets
 
-.PHONY: install run test test-all ops serve review promote rollback deps
+.PHONY: install run test test-all ops serve review promote rollback tune deps
 
 install: $(VENV)/.installed $(DOCS_ASSETS)/.installed
 
@@ -53,6 +53,11 @@ promote: install
 
 rollback: install
 	$(BIN)/python -m tasks.production rollback
+
+# An Optuna search of the train recipe over tune.space (params.yaml), on train and val; it continues a
+# study run before on the same split (docs/training.md, "Finding a better recipe").
+tune: install
+	$(BIN)/python -m tasks.tune
 
 # dvc.yaml code deps from the imports: run after adding, moving or changing imports of a module.
 deps: install

@@ -19,7 +19,7 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.pipeline
 
-COMMANDS = {"tasks.production"}  # beside the stages at the top of tasks/: promote, rollback, show
+COMMANDS = {"tasks.production", "tasks.tune"}  # beside the stages at the top of tasks/: promote, rollback, show; the recipe search
 
 
 def stage_modules() -> set[str]:

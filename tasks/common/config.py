@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -355,6 +355,16 @@ def _check_cron(value: str) -> str:
     return value
 
 
+class TuneParams(Section):
+    trials: StrictInt = Field(ge=1, description="the study's budget of finished trials")
+    minutes: float = Field(ge=0, description="this command's time budget (0: none)")
+    parallel: StrictInt = Field(ge=1, description="trials at once in one process")
+    pruner: Literal["median", "hyperband"]
+    seed: int
+    space: dict[str, Any] = Field(min_length=1, description="train.* keys and their ranges or choices; "
+                                                          "checked against the train section by tasks/tuning/space.py")
+
+
 class Params(Section):
     data: DataParams
     sample: SampleParams
@@ -369,15 +379,18 @@ class Params(Section):
     package: PackageParams
     monitor: MonitorParams
     ops: OpsParams
+    tune: TuneParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in first["loc"])
     key = key.replace("validate_", "validate")
     msg = first["msg"].removeprefix("Value error, ")
+    if not key:  # a check across sections names its own keys
+        return f"{source}: {msg}"
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against params.yaml in the project template"
     elif "input" in first and not isinstance(first["input"], dict):

@@ -8,6 +8,7 @@ trains it (`prepare`), picks up an interrupted run with the same fingerprint (`r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -45,11 +46,13 @@ class FittedRun:
 
 
 def fit_frames(cfg: TrainParams, workdir: Path, world: World, train_df: pd.DataFrame, val_df: pd.DataFrame,
-               labels: list[str], run_fingerprint: str, ckpt_dir: Path, name: str = "train") -> FittedRun:
+               labels: list[str], run_fingerprint: str, ckpt_dir: Path, name: str = "train",
+               on_epoch: Callable[[dict], None] | None = None) -> FittedRun:
     """Fine-tune cfg.backbone on train_df, validating on val_df after every epoch.
 
     `cfg` has `auto` values resolved (tasks.model.backbones.resolve_inputs). A checkpoint in
-    ckpt_dir with the same fingerprint is resumed; `name` prefixes the log lines.
+    ckpt_dir with the same fingerprint is resumed; `name` prefixes the log lines. `on_epoch` gets
+    each epoch's history row once its checkpoint is written (a study reports it, and may stop the run).
     """
     device = pick_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)  # the new head's initial weights
@@ -70,7 +73,7 @@ def fit_frames(cfg: TrainParams, workdir: Path, world: World, train_df: pd.DataF
     if world.main:
         print(f"{name}: {cfg.strategy} of {cfg.backbone} on {device}, {setup}"
               + (f" (CUDA graph off: {blocker})" if cfg.cuda_graph and blocker else ""))
-    fit(ctx, state, run_fingerprint, ckpt_dir)
+    fit(ctx, state, run_fingerprint, ckpt_dir, on_epoch)
     return FittedRun(ctx, state, train_features, setup)
 
 
@@ -140,7 +143,8 @@ def resume(ctx: TrainContext, state: RunState, run_fingerprint: str, ckpt_dir: P
               + (", training finished" if saved["finished"] else ""))
 
 
-def fit(ctx: TrainContext, state: RunState, run_fingerprint: str, ckpt_dir: Path) -> None:
+def fit(ctx: TrainContext, state: RunState, run_fingerprint: str, ckpt_dir: Path,
+        on_epoch: Callable[[dict], None] | None = None) -> None:
     """Epoch after epoch: a new phase whenever more layer groups unfreeze, one pass of training, one
     of validation, the best weights kept, a checkpoint written; until the last epoch or early stop."""
     cfg, world, device = ctx.cfg, ctx.world, ctx.device
@@ -173,6 +177,8 @@ def fit(ctx: TrainContext, state: RunState, run_fingerprint: str, ckpt_dir: Path
                 checkpoint.save({"epoch": epoch, "model": state.best_weights}, ckpt_dir, checkpoint.BEST)
             saved = state.state_dict(epoch, finished=stop or epoch == cfg.epochs)
             checkpoint.save({"fingerprint": run_fingerprint, **saved}, ckpt_dir, checkpoint.LAST)
+        if on_epoch is not None:
+            on_epoch(state.history[-1])
         if stop:
             break
 

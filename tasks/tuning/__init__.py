@@ -1,0 +1,1 @@
+"""The recipe search behind `python -m tasks.tune`: its search space and its Optuna study."""
