@@ -1,123 +1,106 @@
 """Tune: an Optuna search for a better train recipe, on the train stage's own engine.
 
-    python -m tasks.tune        (make tune)
+    python -m tasks.tune             search, then run the best recipe as a DVC experiment (make tune)
+    python -m tasks.tune --apply     search, then write the best recipe into params.yaml (comments kept)
+    python -m tasks.tune --no-exp    search only
 
 Each trial trains the recipe of params.yaml with the values Optuna's TPE sampler picks from
-`tune.space` (tasks/tuning/space.py): the same inputs, image cache and loop as the train stage
-(tasks/training/engine.py), on data/split/train.csv, validating on val.csv after every epoch. The
-test split is never read. A trial reports each epoch's validation metric (train.early_stopping.metric)
-and is pruned when it lags the earlier trials at the same epoch (`tune.pruner`). The study's first
-trial is the recipe as params.yaml has it, so the best trial is always measured against it.
+`tune.space` (tasks/tuning/space.py), scored on val.csv or by K folds of train and val
+(tasks/tuning/objective.py); the test split is never read. A trial that lags the others at the same
+epoch (or fold) is pruned (`tune.pruner`). The study's first trial is params.yaml's recipe, so the
+best is always measured against it.
 
-The study is kept in a journal file, <ops.home>/tune/journal.log (or the database named by
-IMGCLF_TUNE_STORAGE), and named by a hash of the split it tunes on: running the command again
-continues the study up to `tune.trials` finished trials; new data starts a new study. Prints the
-best trial against the recipe, and writes reports/tune/study.json.
+The study lives in a journal file under ops.home or in the database of IMGCLF_TUNE_STORAGE, named
+by the data it is scored on (tasks/tuning/study.py): the same command continues it after Ctrl-C or
+kill -9, on this machine or on several at once, up to `tune.trials` finished trials. `tune.parallel`
+processes search side by side on this machine. The best trial, against params.yaml's recipe, is
+printed and written to reports/tune/ (study.json and the page index.html).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
 import os
-import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+import pandas as pd
+import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from tasks.common.cli import run_stage
-from tasks.common.config import Params, UserError
-from tasks.common.files import digest, sha256
-from tasks.common.paths import split_csv
-from tasks.data.splits import read_split
-from tasks.model.backbones import resolve_inputs
-from tasks.training import checkpoint
-from tasks.training.distributed import World
-from tasks.training.engine import METRIC_COLUMNS, fit_frames
+from tasks.common.config import PARAMS_FILE, Params, UserError, load_params
+from tasks.common.files import digest
+from tasks.data.splits import assign_folds, read_split
+from tasks.tuning import study as studies
+from tasks.tuning.apply import apply_values, set_arguments
+from tasks.tuning.objective import score
+from tasks.tuning.report import write_page
 from tasks.tuning.space import parse_space, recipe, suggest
 
-STORAGE_ENV = "IMGCLF_TUNE_STORAGE"
-REPORT_JSON = Path("reports/tune/study.json")
+REPORT_DIR = Path("reports/tune")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def study_name(workdir: Path) -> str:
-    """tune-<hash of train.csv and val.csv>: the data a study's trials are scored on."""
-    files = [workdir / split_csv("train"), workdir / split_csv("val")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise UserError(f"{', '.join(missing)} not found; run dvc repro split first")
-    return f"tune-{digest([sha256(f) for f in files])[:12]}"
-
-
-def open_storage(workdir: Path, params: Params):
-    """The journal file under ops.home, or the database in IMGCLF_TUNE_STORAGE (several machines)."""
-    url = os.environ.get(STORAGE_ENV)
-    if not url:
-        path = workdir / params.ops.home / "tune" / "journal.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path))), str(path)
-    try:
-        return optuna.storages.RDBStorage(url), url.split("@")[-1]  # no password in what is printed
-    except Exception as err:  # SQLAlchemy's errors: a wrong URL, an unreachable server
-        raise UserError(f"{STORAGE_ENV}: cannot open the study database ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]}); check the URL and that the server is up") from None
-
-
-def pruner(kind: str) -> optuna.pruners.BasePruner:
-    """Judged from the third epoch on, after three trials: the first epochs of a fine-tune from a
-    low learning rate lag a linear probe's, and pruning on them kept only probes (measured on digits)."""
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=3)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
-
-
 def run(params: Params, workdir: Path = Path(".")) -> dict:
+    """Continue this data's study until tune.trials trials finished or tune.minutes passed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials' own lines say what happens
     space = parse_space(params.tune.space, params.train)
-    metric = params.train.early_stopping.metric
-    column = METRIC_COLUMNS[metric]
+    name = studies.study_name(workdir)
+    if params.tune.folds > 1:  # too few images per class for the folds: say so before any trial starts
+        assign_folds(pd.concat([read_split(workdir, "train"), read_split(workdir, "val")]), params.tune.folds,
+                     params.train.seed, setting="tune.folds")
+    storage, where, lock = studies.open_storage(workdir, params)
+    direction = "minimize" if params.train.early_stopping.metric == "loss" else "maximize"
+    with lock:  # one command at a time on this host creates the study and retries its failed trials
+        study = studies.open_study(storage, name, direction, current_values(params, space),
+                                   space_ok=lambda values: _in_space(values, space, params))
+        marked_failed = studies.recover(study)
+    started = time.monotonic()
+    workers = [multiprocessing.get_context("spawn").Process(target=search, args=(params, workdir, i), daemon=True)
+               for i in range(1, params.tune.parallel)]
+    for worker in workers:
+        worker.start()
+    search(params, workdir, 0)
+    for worker in workers:
+        worker.join()
+    summary = write_report(workdir, optuna.load_study(study_name=name, storage=storage), where,
+                           params.train.early_stopping.metric, round(time.monotonic() - started, 1))
+    return {**summary, "marked_failed_now": marked_failed}
+
+
+def search(params: Params, workdir: Path, worker: int) -> None:
+    """One process's share of the study: trials until the budget is spent (counting other
+    processes' running trials, so that together they stop at tune.trials)."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.tune.parallel))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials' own lines say what happens
+    space = parse_space(params.tune.space, params.train)
+    storage, _, _ = studies.open_storage(workdir, params)
+    study = optuna.load_study(study_name=studies.study_name(workdir), storage=storage)
+    if sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) >= params.tune.trials:
+        return
+    host = os.uname().nodename if os.environ.get(studies.STORAGE_ENV) else ""
+    # Seeded by how far the study got, the process and the host: a continued study draws anew, and
+    # processes started together draw different values; constant_liar keeps them apart in between.
+    seed = int(digest([params.tune.seed, len(study.trials), worker, host])[:8], 16)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    study.pruner = studies.pruner(params.tune.pruner, warmup=2 if params.tune.folds == 1 else 1)
     train_df, val_df = read_split(workdir, "train"), read_split(workdir, "val")
-    labels = sorted(train_df["label"].unique())
-    storage, where = open_storage(workdir, params)
-    name = study_name(workdir)
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                direction="minimize" if metric == "loss" else "maximize", pruner=pruner(params.tune.pruner))
-    # Seeded by how far the study got: a run that continues it draws new values, not the first run's again.
-    study.sampler = optuna.samplers.TPESampler(seed=params.tune.seed + len(study.trials))
-    if not study.trials:  # trial 0: the recipe as params.yaml has it
-        study.enqueue_trial(_current(params, space), user_attrs={"recipe": "params.yaml"})
 
     def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, space)
-        cfg = resolve_inputs(recipe(params.train, values)).model_copy(update={"processes": 1, "nodes": 1})
-        ckpt_dir = workdir / checkpoint.CHECKPOINT_DIR / "tune" / name / f"trial-{trial.number}"
-        fingerprint = checkpoint.fingerprint({**cfg.model_dump(), "study": name, "trial": trial.number},
-                                             [workdir / split_csv("train"), workdir / split_csv("val")])
+        studies.claim(trial)
+        train = recipe(params.train, suggest(trial, space))
+        return score(trial, train, workdir, study.study_name, params.tune.folds, train_df, val_df)
 
-        def report(row: dict) -> None:
-            trial.report(row[column], row["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {row['epoch']}: {metric} {row[column]:.4f} lags the other trials")
-
-        try:
-            run = fit_frames(cfg, workdir, World(), train_df, val_df, labels, fingerprint, ckpt_dir,
-                             name=f"tune trial {trial.number}", on_epoch=report)
-        finally:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        return run.state.stopper.best
-
-    finished = sum(t.state in FINISHED for t in study.trials)
-    started = time.monotonic()
-    if finished < params.tune.trials:
-        study.optimize(objective, timeout=params.tune.minutes * 60 or None, n_jobs=params.tune.parallel,
-                       callbacks=[MaxTrialsCallback(params.tune.trials, states=FINISHED)], gc_after_trial=True)
-    return write_report(workdir, study, where, metric, round(time.monotonic() - started, 1))
+    study.optimize(objective, timeout=params.tune.minutes * 60 or None, gc_after_trial=True,
+                   callbacks=[MaxTrialsCallback(params.tune.trials, states=(*FINISHED, TrialState.RUNNING))])
 
 
-def _current(params: Params, space: dict) -> dict:
+def current_values(params: Params, space: dict) -> dict:
     """The values params.yaml's recipe has for the keys of the space."""
     values = {}
     for key in space:
@@ -128,26 +111,83 @@ def _current(params: Params, space: dict) -> dict:
     return values
 
 
+def _in_space(values: dict, space: dict, params: Params) -> bool:
+    """Whether a previous study's trial can start this one: the same keys, every value allowed."""
+    if set(values) != set(space):
+        return False
+    for key, value in values.items():
+        allowed = space[key]
+        if isinstance(allowed, list) and value not in allowed:
+            return False
+        if not isinstance(allowed, list) and not allowed.low <= value <= allowed.high:
+            return False
+    return True
+
+
 def write_report(workdir: Path, study: optuna.Study, where: str, metric: str, seconds: float) -> dict:
+    """reports/tune/study.json (every trial) and index.html; returns the summary printed."""
     trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-               "recipe": t.user_attrs.get("recipe", "searched"),
+               "recipe": t.user_attrs.get(studies.RECIPE, "searched"),
+               "fold_values": t.user_attrs.get("fold_values"), "retry_of": t.system_attrs.get("failed_trial"),
                "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
                if t.datetime_complete and t.datetime_start else None} for t in study.trials]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best = study.best_trial if done else None
     written = next((t for t in trials if t["recipe"] == "params.yaml" and t["state"] == "COMPLETE"), None)
     summary = {
         "study": study.study_name, "storage": where, "metric": f"validation {metric}",
         "trials": {state.name.lower(): sum(t.state == state for t in study.trials) for state in TrialState},
-        "best": {"number": study.best_trial.number, "value": study.best_value, "params": study.best_params}
-        if done else None,
+        "best": {"number": best.number, "value": best.value, "params": best.params,
+                 "recipe": best.user_attrs.get(studies.RECIPE, "searched"),
+                 "fold_std": best.user_attrs.get("fold_std")} if best else None,
         "params_yaml_recipe": {"number": written["number"], "value": written["value"]} if written else None,
         "seconds_this_run": seconds,
     }
-    (workdir / REPORT_JSON).parent.mkdir(parents=True, exist_ok=True)
-    (workdir / REPORT_JSON).write_text(json.dumps({**summary, "all_trials": trials}, indent=2, default=str))
+    out = workdir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({**summary, "all_trials": trials}, indent=2, default=str))
+    write_page(study, out, f"validation {metric}")
     return summary
 
 
+def adopt(summary: dict, workdir: Path, how: str) -> str:
+    """Put the best recipe to use: a DVC experiment beside the baseline (dvc exp show lists it;
+    dvc exp apply adopts it), or written into params.yaml. Never promotes: the pipeline and its gate do."""
+    best = summary["best"]
+    if best is None:
+        return "no completed trial yet: nothing to adopt"
+    if best["recipe"] == "params.yaml":
+        return "the best trial is params.yaml's own recipe: nothing to change"
+    if how == "apply":
+        changes = apply_values(workdir / PARAMS_FILE, best["params"])
+        return f"{PARAMS_FILE}: " + ("; ".join(changes) or "already the best recipe")
+    name = f"{summary['study']}-trial-{best['number']}"
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--name", name, *set_arguments(best["params"])]
+    print("tune: " + " ".join(["dvc", *command[3:]]), flush=True)
+    if subprocess.run(command, cwd=workdir).returncode != 0:
+        raise UserError(f"dvc exp run of trial {best['number']} failed (its output is above); "
+                        f"rerun it by hand: {' '.join(['dvc', *command[3:]])}")
+    return f"DVC experiment {name}: compare with `dvc exp show`, adopt with `dvc exp apply {name}`"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.tune", description=__doc__.split("\n")[0])
+    then = parser.add_mutually_exclusive_group()
+    then.add_argument("--apply", action="store_true", help="write the best recipe into params.yaml")
+    then.add_argument("--no-exp", action="store_true", help="search only; do not run the best as a DVC experiment")
+    args = parser.parse_args(argv)
+    workdir = Path(".")
+    try:
+        params = load_params()
+        summary = run(params, workdir)
+        print("tune: " + json.dumps(summary, default=str), flush=True)
+        if not args.no_exp:
+            print("tune: " + adopt(summary, workdir, "apply" if args.apply else "experiment"))
+    except UserError as err:
+        sys.exit(f"tune: error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("tune: stopped; finished trials are kept in the study, and the same command continues it")
+
+
 if __name__ == "__main__":
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials' own lines say what happens
-    run_stage("tune", run)
+    main()

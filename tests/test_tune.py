@@ -4,16 +4,24 @@ continues where it stopped."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from tasks import tune
+from tasks.tuning import study as studies
 from tasks.common.config import UserError, load_params, parse_params
 from tasks.tuning.space import parse_space
-from tests.conftest import PROJECT_ROOT, make_params, write_splits
+from tests.conftest import PROJECT_ROOT, free_port, make_params, write_splits
+from tests.postgres import running_postgres
 
 pytestmark = pytest.mark.training
 
@@ -53,13 +61,13 @@ def test_a_study_starts_from_the_written_recipe_and_continues_where_it_stopped(t
     write_splits(tmp_path, {"train": 8, "val": 4})
     space = {"train.lr": {"low": 0.0005, "high": 0.02, "log": True}, "train.strategy": ["linear_probe", "full"]}
     params = make_params(train={**FAST, "lr": 0.002, "strategy": "full"},
-                         tune={"trials": 3, "minutes": 0, "parallel": 1, "space": space})
+                         tune={"trials": 3, "minutes": 0, "parallel": 1, "folds": 1, "space": space})
 
     first = tune.run(params, tmp_path)
 
     assert first["trials"]["complete"] + first["trials"]["pruned"] == 3 and first["trials"]["running"] == 0
     assert first["params_yaml_recipe"]["number"] == 0
-    report = json.loads((tmp_path / tune.REPORT_JSON).read_text())
+    report = json.loads((tmp_path / tune.REPORT_DIR / "study.json").read_text())
     assert report["all_trials"][0]["params"] == {"train.lr": 0.002, "train.strategy": "full"}
     for trial in report["all_trials"]:
         assert 0.0005 <= trial["params"]["train.lr"] <= 0.02 or trial["number"] == 0
@@ -72,7 +80,124 @@ def test_a_study_starts_from_the_written_recipe_and_continues_where_it_stopped(t
 
     assert again["study"] == first["study"]  # the same data: the same study, one more trial
     assert again["trials"]["complete"] + again["trials"]["pruned"] == 4
-    stored = optuna.load_study(study_name=first["study"], storage=tune.open_storage(tmp_path, params)[0])
+    stored = optuna.load_study(study_name=first["study"], storage=studies.open_storage(tmp_path, params)[0])
     assert [t.number for t in stored.trials] == [0, 1, 2, 3]
     assert len({tuple(sorted(t.params.items())) for t in stored.trials}) == 4  # the second run drew anew
     assert (tmp_path / ".ops/tune/journal.log").is_file()
+
+
+def start_tune(workdir: Path, params, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m tasks.tune --no-exp` in workdir, as a user runs it."""
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json")))
+    return subprocess.Popen([sys.executable, "-m", "tasks.tune", "--no-exp", *args], cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(process: subprocess.Popen) -> str:
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    return out
+
+
+def searching(trials: int, epochs: int = 3) -> dict:
+    space = {"train.lr": {"low": 0.0005, "high": 0.02, "log": True}, "train.label_smoothing": {"low": 0.0, "high": 0.2}}
+    return dict(train={**FAST, "epochs": epochs, "strategy": "full"},
+                tune={"trials": trials, "minutes": 0, "parallel": 1, "folds": 1, "pruner": "median", "space": space})
+
+
+def load(workdir: Path, params) -> optuna.Study:
+    return optuna.load_study(study_name=studies.study_name(workdir), storage=studies.open_storage(workdir, params)[0])
+
+
+def trials_run(*outputs: str) -> list[int]:
+    """The trial numbers that processes started training, from their 'tune trial N:' lines."""
+    return [int(m) for out in outputs for m in re.findall(r"^tune trial (\d+):", out, re.M)]
+
+
+def test_a_killed_study_continues_with_the_same_command(tmp_path: Path):
+    write_splits(tmp_path, {"train": 8, "val": 4})
+    params = make_params(**searching(trials=4, epochs=30))
+    first = start_tune(tmp_path, params)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # kill -9 while trial 1 trains, trial 0 done
+        study = load(tmp_path, params) if (tmp_path / ".ops/tune/journal.log").exists() else None
+        states = [t.state for t in study.trials] if study else []
+        if states[:2] == [TrialState.COMPLETE, TrialState.RUNNING] and "pid" in study.trials[1].user_attrs:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"trial 1 never started: {first.communicate(timeout=5)[0] if first.poll() is not None else ''}")
+    first.kill()
+    first.wait()
+    kept = load(tmp_path, params).trials[0]
+
+    again = finished(start_tune(tmp_path, params.model_copy(update={"train": params.train.model_copy(
+        update={"epochs": 3})})))
+
+    study = load(tmp_path, params)
+    assert study.trials[0].value == kept.value and study.trials[0].state == TrialState.COMPLETE  # kept, not rerun
+    assert study.trials[1].state == TrialState.FAIL  # the killed trial: marked, never a result
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retry) == 1 and retry[0].params == study.trials[1].params  # run again once, same values
+    assert sum(t.state in tune.FINISHED for t in study.trials) == 4
+    assert 0 not in trials_run(again) and '"marked_failed_now": [1]' in again
+
+
+def test_two_processes_share_one_study_and_run_no_trial_twice(tmp_path: Path):
+    write_splits(tmp_path, {"train": 8, "val": 4})
+    params = make_params(**searching(trials=6))
+    outputs = [finished(p) for p in [start_tune(tmp_path, params), start_tune(tmp_path, params)]]
+
+    study = load(tmp_path, params)
+    started = trials_run(*outputs)
+    assert sorted(started) == sorted(set(started)), "a trial was trained twice"
+    assert all(trials_run(out) for out in outputs), "one of the processes never ran a trial"
+    assert [t.user_attrs.get("recipe") for t in study.trials].count("params.yaml") == 1
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2
+    assert 6 <= sum(t.state in tune.FINISHED for t in study.trials) <= 7  # the last may overlap by one
+    assert all(t.state in tune.FINISHED for t in study.trials)
+
+
+def test_an_unreachable_study_database_gets_one_line(tmp_path: Path, monkeypatch):
+    write_splits(tmp_path, {"train": 4, "val": 2})
+    monkeypatch.setenv(studies.STORAGE_ENV, f"postgresql://tune:secret@127.0.0.1:{free_port()}/optuna")
+    with pytest.raises(UserError) as err:
+        tune.run(make_params(**searching(trials=1)), tmp_path)
+    message = str(err.value)
+    assert message.startswith("IMGCLF_TUNE_STORAGE: cannot open the study database (") and "\n" not in message
+    assert "connection" in message.lower() and "secret" not in message
+
+
+@pytest.mark.slow(reason="starts a PostgreSQL server and two searching processes")
+def test_two_processes_share_one_study_in_postgresql(tmp_path: Path):
+    write_splits(tmp_path, {"train": 8, "val": 4})
+    params = make_params(**searching(trials=6))
+    with running_postgres(tmp_path) as url:
+        env = {studies.STORAGE_ENV: url}
+        outputs = [finished(p) for p in [start_tune(tmp_path, params, env=env), start_tune(tmp_path, params, env=env)]]
+        storage = optuna.storages.RDBStorage(url)
+        study = optuna.load_study(study_name=studies.study_name(tmp_path), storage=storage)
+        trials = study.trials
+        storage.engine.dispose()
+
+    started = trials_run(*outputs)
+    assert sorted(started) == sorted(set(started)) and all(trials_run(out) for out in outputs)
+    assert [t.user_attrs.get("recipe") for t in trials].count("params.yaml") == 1
+    assert 6 <= sum(t.state in tune.FINISHED for t in trials) <= 7 and all(t.state in tune.FINISHED for t in trials)
+    assert not (tmp_path / ".ops/tune/journal.log").exists()  # the database held the study, not the journal
+    assert '"storage": "127.0.0.1:' in outputs[0] and url.split("@")[0] not in "".join(outputs)  # no password shown
+
+
+def test_folds_score_a_trial_by_the_mean_over_train_and_val(tmp_path: Path):
+    write_splits(tmp_path, {"train": 6, "val": 3})
+    params = make_params(**{**searching(trials=2, epochs=2), "tune": {**searching(2)["tune"], "folds": 3}})
+
+    summary = tune.run(params, tmp_path)
+
+    trials = json.loads((tmp_path / tune.REPORT_DIR / "study.json").read_text())["all_trials"]
+    for trial in trials:
+        assert len(trial["fold_values"]) == 3 and trial["value"] == pytest.approx(sum(trial["fold_values"]) / 3)
+    assert summary["best"]["fold_std"] is not None
+    with pytest.raises(UserError, match="tune.folds: 10 folds need at least 10 labelled images per class"):
+        tune.run(params.model_copy(update={"tune": params.tune.model_copy(update={"folds": 10})}), tmp_path)

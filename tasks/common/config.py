@@ -358,7 +358,8 @@ def _check_cron(value: str) -> str:
 class TuneParams(Section):
     trials: StrictInt = Field(ge=1, description="the study's budget of finished trials")
     minutes: float = Field(ge=0, description="this command's time budget (0: none)")
-    parallel: StrictInt = Field(ge=1, description="trials at once in one process")
+    parallel: StrictInt = Field(ge=1, description="search processes side by side on this machine")
+    folds: StrictInt = Field(ge=1, description="1: score on val; K > 1: mean of K folds of train and val")
     pruner: Literal["median", "hyperband"]
     seed: int
     space: dict[str, Any] = Field(min_length=1, description="train.* keys and their ranges or choices; "

@@ -1,10 +1,12 @@
-"""Reading the split stage's manifests (data/split/<name>.csv) and turning labels into class indices."""
+"""Reading the split stage's manifests (data/split/<name>.csv), turning labels into class indices, and
+folds over them (duplicate groups kept whole) for cross-validation."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 from tasks.common.config import UserError
 from tasks.common.paths import split_csv
@@ -29,3 +31,20 @@ def class_indices(frame: pd.DataFrame, labels: list[str], split: str = "validati
                         "and re-run dvc repro train")
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index[label] for label in frame["label"]], dtype=np.int64)
+
+
+def assign_folds(frame: pd.DataFrame, folds: int, seed: int, setting: str) -> np.ndarray:
+    """Fold number (0..folds-1) of each row, stratified by label, duplicate groups whole; `setting`
+    names the params.yaml key that asked for the folds, in the error."""
+    per_class = frame["label"].value_counts()
+    if per_class.min() < folds:
+        raise UserError(f"{setting}: {folds} folds need at least {folds} labelled images per class, and class "
+                        f"{per_class.idxmin()!r} has {per_class.min()}; lower {setting} or add images")
+    groups = frame["duplicate_group"].astype(int).to_numpy() if "duplicate_group" in frame else np.full(len(frame), -1)
+    alone = groups < 0  # not in any group: a group of its own
+    groups = np.where(alone, -1 - np.arange(len(frame)), groups)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = np.empty(len(frame), dtype=np.int64)
+    for fold, (_, held_out) in enumerate(splitter.split(frame, frame["label"], groups)):
+        fold_of[held_out] = fold
+    return fold_of

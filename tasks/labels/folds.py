@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedGroupKFold
 
-from tasks.common.config import LabelsParams, TrainParams, UserError
+from tasks.common.config import LabelsParams, TrainParams
 from tasks.common.files import digest
+from tasks.data.splits import assign_folds
 from tasks.model.device import autocast
 from tasks.training import checkpoint
 from tasks.training.distributed import World
@@ -32,22 +32,6 @@ def fold_recipe(train: TrainParams, labels: LabelsParams) -> TrainParams:
     stopping = train.early_stopping.model_copy(update={"patience": 0})
     return train.model_copy(update={"strategy": labels.strategy, "epochs": labels.epochs,
                                     "early_stopping": stopping, "processes": 1, "nodes": 1})
-
-
-def assign_folds(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
-    """Fold number (0..folds-1) of each row, stratified by label, duplicate groups whole."""
-    per_class = frame["label"].value_counts()
-    if per_class.min() < folds:
-        raise UserError(f"labels.folds: {folds} folds need at least {folds} labelled images per class, and class "
-                        f"{per_class.idxmin()!r} has {per_class.min()}; lower labels.folds or add images")
-    groups = frame["duplicate_group"].astype(int).to_numpy() if "duplicate_group" in frame else np.full(len(frame), -1)
-    alone = groups < 0  # not in any group: a group of its own
-    groups = np.where(alone, -1 - np.arange(len(frame)), groups)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    fold_of = np.empty(len(frame), dtype=np.int64)
-    for fold, (_, held_out) in enumerate(splitter.split(frame, frame["label"], groups)):
-        fold_of[held_out] = fold
-    return fold_of
 
 
 @torch.inference_mode()
@@ -67,7 +51,7 @@ def out_of_fold(train: TrainParams, params: LabelsParams, workdir: Path, labelle
                 test: pd.DataFrame, labels: list[str], data_files: list[Path]) -> dict:
     """Out-of-fold probabilities of `labelled` and the fold models' mean on `test`, with per-fold figures."""
     cfg = fold_recipe(train, params)
-    fold_of = assign_folds(labelled, params.folds, cfg.seed)
+    fold_of = assign_folds(labelled, params.folds, cfg.seed, setting="labels.folds")
     oof = np.zeros((len(labelled), len(labels)), dtype=np.float32)
     test_probs = np.zeros((len(test), len(labels)), dtype=np.float32)
     figures = []
