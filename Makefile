@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DOCS_ASSETS := .cache/docs_assets
 
-.PHONY: install run test test-all ops serve review promote rollback tune deps
+.PHONY: install run test test-all ops serve review promote rollback tune tune-dashboard deps
 
 install: $(VENV)/.installed $(DOCS_ASSETS)/.installed
 
@@ -58,6 +58,10 @@ rollback: install
 # study run before on the same split (docs/training.md, "Finding a better recipe").
 tune: install
 	$(BIN)/python -m tasks.tune
+
+# optuna-dashboard on the study (journal file or IMGCLF_TUNE_STORAGE) at http://127.0.0.1:8084
+tune-dashboard: install
+	$(BIN)/python -m tasks.tune --dashboard
 
 # dvc.yaml code deps from the imports: run after adding, moving or changing imports of a module.
 deps: install

@@ -1,4 +1,4 @@
-"""What the operations stack registers with the Prefect server: a work pool and four deployments.
+"""What the operations stack registers with the Prefect server: a work pool and five deployments.
 
     retrain       flows/retrain.py       ops.retrain.cron, on demand, on drift and on new-data events;
                                          one run at a time (later ones wait their turn)
@@ -7,6 +7,8 @@
                                          back into data.root; a run still going makes the next one
                                          cancel itself rather than queue up
     housekeeping  flows/housekeeping.py  ops.retention.cron and on demand; like review-sync, never two at once
+    tune          flows/tune.py          on demand, and on ops.tune.cron when set: the recipe search and its
+                                         best as a DVC experiment, never a promotion; one run at a time
 
 New data is noticed by the data watcher (flows/watch_data.py), a process rather than a deployment.
 
@@ -87,6 +89,11 @@ def build_deployments(params: Params, root: Path) -> list[RunnerDeployment]:
                    schedules=[Cron(ops.retention.cron, timezone=zone)], concurrency_limit=SKIP_IF_RUNNING,
                    description="Prunes old flow runs, traffic logs, monitor windows and archived Bentos "
                                "(ops.retention)."),
+        deployment("flows/tune.py:tune", "tune",
+                   schedules=[Cron(ops.tune.cron, timezone=zone)] if ops.tune.cron else [],
+                   concurrency_limit=ONE_AT_A_TIME,
+                   description="Continues the recipe search of params.yaml's tune section and runs its best "
+                               "recipe as a DVC experiment; never promotes."),
     ]
 
 

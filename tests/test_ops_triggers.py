@@ -79,12 +79,15 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
         retrain = client.read_deployment_by_name("retrain/retrain")
         monitor = client.read_deployment_by_name("monitor/monitor")
         housekeeping = client.read_deployment_by_name("housekeeping/housekeeping")
+        tune = client.read_deployment_by_name("tune/tune")
     assert [(s.schedule.cron, s.schedule.timezone, s.parameters) for s in retrain.schedules] == [
         ("0 3 * * 1", "UTC", {"trigger": "schedule"})]
     assert [s.schedule.cron for s in monitor.schedules] == ["0 * * * *"]
     assert [s.schedule.cron for s in housekeeping.schedules] == ["30 2 * * *"]
+    assert tune.schedules == []  # ops.tune.cron: null, on demand only
     assert retrain.global_concurrency_limit.limit == 1 and monitor.global_concurrency_limit.limit == 1
-    assert {d.work_pool_name for d in (retrain, monitor, housekeeping)} == {"imgclf-local"}
+    assert tune.global_concurrency_limit.limit == 1
+    assert {d.work_pool_name for d in (retrain, monitor, housekeeping, tune)} == {"imgclf-local"}
     triggers = {a["name"]: a["trigger"] for a in automations()}
     assert set(triggers) == {"retrain on drift", "retrain on new data", SILENT_RUNS}
     assert triggers["retrain on drift"]["within"] == COOLDOWN_MINUTES * 60

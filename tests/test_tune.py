@@ -11,17 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from tasks import tune
-from tasks.tuning import study as studies
 from tasks.common.config import UserError, load_params, parse_params
+from tasks.tuning import study as studies
 from tasks.tuning.space import parse_space
 from tests.conftest import PROJECT_ROOT, free_port, make_params, write_splits
 from tests.postgres import running_postgres
+from tests.projects import copy_trained, set_params, under_git
 
 pytestmark = pytest.mark.training
 
@@ -107,7 +109,7 @@ def searching(trials: int, epochs: int = 3) -> dict:
 
 
 def load(workdir: Path, params) -> optuna.Study:
-    return optuna.load_study(study_name=studies.study_name(workdir), storage=studies.open_storage(workdir, params)[0])
+    return optuna.load_study(study_name=studies.study_name(workdir, tune.question(params)), storage=studies.open_storage(workdir, params)[0])
 
 
 def trials_run(*outputs: str) -> list[int]:
@@ -117,7 +119,7 @@ def trials_run(*outputs: str) -> list[int]:
 
 def test_a_killed_study_continues_with_the_same_command(tmp_path: Path):
     write_splits(tmp_path, {"train": 8, "val": 4})
-    params = make_params(**searching(trials=4, epochs=30))
+    params = make_params(**searching(trials=4, epochs=6))
     first = start_tune(tmp_path, params)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # kill -9 while trial 1 trains, trial 0 done
@@ -132,8 +134,7 @@ def test_a_killed_study_continues_with_the_same_command(tmp_path: Path):
     first.wait()
     kept = load(tmp_path, params).trials[0]
 
-    again = finished(start_tune(tmp_path, params.model_copy(update={"train": params.train.model_copy(
-        update={"epochs": 3})})))
+    again = finished(start_tune(tmp_path, params))
 
     study = load(tmp_path, params)
     assert study.trials[0].value == kept.value and study.trials[0].state == TrialState.COMPLETE  # kept, not rerun
@@ -177,7 +178,7 @@ def test_two_processes_share_one_study_in_postgresql(tmp_path: Path):
         env = {studies.STORAGE_ENV: url}
         outputs = [finished(p) for p in [start_tune(tmp_path, params, env=env), start_tune(tmp_path, params, env=env)]]
         storage = optuna.storages.RDBStorage(url)
-        study = optuna.load_study(study_name=studies.study_name(tmp_path), storage=storage)
+        study = optuna.load_study(study_name=studies.study_name(tmp_path, tune.question(params)), storage=storage)
         trials = study.trials
         storage.engine.dispose()
 
@@ -201,3 +202,79 @@ def test_folds_score_a_trial_by_the_mean_over_train_and_val(tmp_path: Path):
     assert summary["best"]["fold_std"] is not None
     with pytest.raises(UserError, match="tune.folds: 10 folds need at least 10 labelled images per class"):
         tune.run(params.model_copy(update={"tune": params.tune.model_copy(update={"folds": 10})}), tmp_path)
+
+
+@pytest.mark.slow(reason="a recipe search on the trained project, then its best trial as a DVC experiment")
+def test_the_tune_flow_runs_the_best_recipe_as_a_dvc_experiment(trained, tmp_path: Path, monkeypatch):
+    from flows.tune import tune as tune_flow
+    from prefect.client.orchestration import get_client
+
+    repo = under_git(copy_trained(trained, tmp_path / "copy").repo)
+    # params.yaml's recipe cannot learn in one epoch at that rate; the space only holds recipes that can.
+    set_params(repo, "train", lr=1e-7, strategy="linear_probe")
+    set_params(repo, "tune", trials=2, minutes=0, parallel=1, folds=1,
+               space={"train.lr": {"low": 0.02, "high": 0.05, "log": True}, "train.epochs": [10]})
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@localhost", "BENTOML_HOME": str(repo.parent / "bentoml")}
+    for key, value in identity.items():
+        monkeypatch.setenv(key, value)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=repo, check=True)
+
+    state = tune_flow(repo_dir=str(repo), return_state=True)
+
+    assert state.is_completed(), state.message
+    summary = state.result()
+    best = summary["best"]
+    assert best["number"] == 1 and best["value"] > summary["params_yaml_recipe"]["value"]
+    name = f"{summary['study']}-trial-1"
+    assert summary["adopted"].startswith(f"DVC experiment {name}")
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo,
+                                      capture_output=True, text=True, check=True).stdout)
+    experiments = {exp["name"]: exp for commit in shown for exp in (commit.get("experiments") or [])}
+    ran = experiments[name]["revs"][0]["data"]
+    assert ran["params"]["params.yaml"]["data"]["train"]["lr"] == pytest.approx(best["params"]["train.lr"], rel=1e-3)
+    assert "reports/evaluate/metrics.json" in ran["metrics"]
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 1e-7  # the workspace untouched
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=50)
+    [result] = [a for a in artifact if a.key == "tune-result"]
+    assert "| train.lr |" in result.data and "no production model yet" not in result.data
+
+    changes = tune.adopt(summary, repo, "apply")  # --apply instead: params.yaml takes the best values
+
+    assert changes.startswith("params.yaml: train.lr: 1.0e-07 -> ") and "train.epochs: 1 -> 10" in changes
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == pytest.approx(
+        best["params"]["train.lr"], rel=1e-3)
+
+
+def test_the_dashboard_serves_the_study_on_loopback(tmp_path: Path):
+    write_splits(tmp_path, {"train": 4, "val": 2})
+    params = make_params(**searching(trials=1, epochs=1))
+    study = tune.run(params, tmp_path)["study"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json")))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tasks.tune", "--dashboard", "--port", str(port)], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
+                time.sleep(0.3)
+        assert [s["study_name"] for s in listed["study_summaries"]] == [study]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_dashboard_without_a_study_says_what_to_run(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    done = subprocess.run([sys.executable, "-m", "tasks.tune", "--dashboard"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "tune: error: no study yet (.ops/tune/journal.log not found); run make tune first"]

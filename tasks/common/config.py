@@ -311,6 +311,12 @@ class RetentionOps(Section):
     _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
 
 
+class TuneOps(Section):
+    cron: str | None = Field(description="when the tune deployment continues the recipe search (null: on demand only)")
+
+    _cron = field_validator("cron")(lambda cls, value: value if value is None else _check_cron(value))
+
+
 class OpsParams(Section):
     home: str
     host: str
@@ -325,6 +331,7 @@ class OpsParams(Section):
     monitor: MonitorOps
     review: ReviewOps
     retention: RetentionOps
+    tune: TuneOps
 
     @field_validator("timezone")
     @classmethod

@@ -2,7 +2,8 @@
 
 A study is kept in Optuna's storage, never in memory: a journal file under ops.home by default, or
 the database in IMGCLF_TUNE_STORAGE that several machines share. It is named by a hash of the two
-files its trials are scored on (train.csv and val.csv), so new data starts a new study, which begins
+files its trials are scored on (train.csv and val.csv) and one of what it asks (tune.space, the train
+settings it leaves fixed, tune.folds), so new data or a new question starts a new study, which begins
 with params.yaml's recipe and the best recipes of the study before it.
 
 A trial whose process died (kill -9, a lost machine) stays RUNNING in the storage. Each trial
@@ -25,7 +26,7 @@ import psutil
 import sqlalchemy.exc
 from filelock import FileLock
 from optuna.exceptions import DuplicatedStudyError
-from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -39,15 +40,18 @@ GRACE_SECONDS = 120
 WARM_START = 3           # best trials of the previous study that a new study starts with
 RETRIES = 1              # a failed or killed trial is run again this many times
 RECIPE = "recipe"        # the user attr saying where a trial's values came from
+CLAIM = ("host", "pid", "pid_started")  # the user attrs naming the process that runs a trial
 
 
-def study_name(workdir: Path) -> str:
-    """tune-<hash of train.csv and val.csv>: the data a study's trials are scored on."""
+def study_name(workdir: Path, question: dict) -> str:
+    """tune-<hash of train.csv and val.csv>-<hash of the question>: the data a study's trials are
+    scored on, and what it asks (the space, the settings it keeps fixed, the folds); a change to
+    either is another study, warm-started from this one."""
     files = [workdir / split_csv("train"), workdir / split_csv("val")]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UserError(f"{', '.join(missing)} not found; run dvc repro split first")
-    return f"tune-{digest([sha256(f) for f in files])[:12]}"
+    return f"tune-{digest([sha256(f) for f in files])[:12]}-{digest([question])[:6]}"
 
 
 def open_storage(workdir: Path, params: Params):
@@ -76,7 +80,7 @@ def _database(url: str) -> optuna.storages.RDBStorage:
             with _experimental():
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=_retry())
+                    grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # "already exists"
             if attempt == 2:
                 raise
@@ -127,23 +131,30 @@ def recover(study: optuna.Study) -> list[int]:
     trials = study.get_trials(deepcopy=False)
     dead = [t for t in trials if t.state == TrialState.RUNNING and _process_gone(t)]
     for trial in dead:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    retry = _retry()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.number not in retried:
             retry(study, trial)
     return [t.number for t in dead]
 
 
-def _retry() -> RetryHeartbeatStaleTrialCallback:
-    with _experimental():
-        return RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a failed trial's values once more, as Optuna's RetryHeartbeatStaleTrialCallback does
+    (the same failed_trial and retry_history system attrs), but without the dead process's claim:
+    a copied claim would make the retry look dead to a command starting while it is taken."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > RETRIES:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k not in CLAIM},
+        system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history}))
 
 
 @contextmanager
 def _experimental():
-    """Heartbeats and retries are 'experimental' in Optuna 5, and exactly what a shared study needs."""
+    """Heartbeats are 'experimental' in Optuna 5, and exactly what a shared study needs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
