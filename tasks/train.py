@@ -37,7 +37,7 @@ from tasks.training.distributed import (
     process_count,
     torchrun_command,
 )
-from tasks.training.engine import FittedRun, fit_frames, refresh_norm_stats, targets, training_features
+from tasks.training.engine import FittedRun, fit_frames, shipped_weights, targets, training_features
 from tasks.training.inputs import cached_images
 from tasks.training.loop import calibrate, validate
 
@@ -86,8 +86,7 @@ def finish(params: Params, fitted: FittedRun, labels: list[str], train_df: pd.Da
     the bundle and the reports."""
     ctx, state = fitted.ctx, fitted.state
     cfg, model, device = ctx.cfg, state.model, ctx.device
-    state.trained.load_state_dict(state.best_weights)
-    refresh_norm_stats(fitted, train_df, labels)
+    shipped_weights(fitted, train_df, labels)
     train_features = training_features(fitted, train_df, labels)
     alone = ctx.alone()  # what follows runs in this process only
     val_in = cached_images(alone, val_df, targets(val_df, labels), train=False, augment=False)

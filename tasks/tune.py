@@ -44,7 +44,7 @@ from tasks.tuning import study as studies
 from tasks.tuning.apply import apply_values, set_arguments
 from tasks.tuning.objective import score
 from tasks.tuning.report import write_page
-from tasks.tuning.space import parse_space, recipe, suggest
+from tasks.tuning.space import parse_space, recipe, suggest, value_at
 
 REPORT_DIR = Path("reports/tune")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -100,7 +100,7 @@ def search(params: Params, workdir: Path, worker: int) -> None:
     # processes started together draw different values; constant_liar keeps them apart in between.
     seed = int(digest([params.tune.seed, len(study.trials), worker, host])[:8], 16)
     study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    study.pruner = studies.pruner(params.tune.pruner, warmup=2 if params.tune.folds == 1 else 1)
+    study.pruner = studies.pruner(params.tune.pruner, first_step=2 if params.tune.folds == 1 else 1)
     train_df, val_df = read_split(workdir, "train"), read_split(workdir, "val")
 
     def objective(trial: optuna.Trial) -> float:
@@ -136,13 +136,8 @@ def question(params: Params) -> dict:
 
 def current_values(params: Params, space: dict) -> dict:
     """The values params.yaml's recipe has for the keys of the space."""
-    values = {}
-    for key in space:
-        node = params.train.model_dump()
-        for part in key.removeprefix("train.").split("."):
-            node = node[part]
-        values[key] = node
-    return values
+    train = params.train.model_dump()
+    return {key: value_at(train, key) for key in space}
 
 
 def _in_space(values: dict, space: dict, params: Params) -> bool:

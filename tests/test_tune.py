@@ -278,3 +278,33 @@ def test_the_dashboard_without_a_study_says_what_to_run(tmp_path: Path):
                           text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "tune: error: no study yet (.ops/tune/journal.log not found); run make tune first"]
+
+
+def test_new_data_starts_a_new_study_warm_started_from_the_last_best(tmp_path: Path):
+    write_splits(tmp_path, {"train": 6, "val": 3})
+    params = make_params(**searching(trials=3, epochs=2))
+    before = tune.run(params, tmp_path)
+    best_before = sorted((t for t in load(tmp_path, params).trials if t.state == TrialState.COMPLETE),
+                         key=lambda t: -t.value)
+    write_splits(tmp_path, {"train": 7, "val": 3})  # new images: another split
+
+    after = tune.run(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 4})}), tmp_path)
+
+    assert after["study"] != before["study"] and after["study"].split("-")[2] == before["study"].split("-")[2]
+    trials = load(tmp_path, params).trials
+    assert trials[0].user_attrs["recipe"] == "params.yaml"
+    warm = [t for t in trials if t.user_attrs.get("recipe", "").startswith(f"warm start: {before['study']} trial ")]
+    expected = [t.params for t in best_before if t.params != trials[0].params][:3]
+    assert [t.params for t in warm] == expected and [t.number for t in warm] == list(range(1, len(expected) + 1))
+
+
+def test_parallel_processes_share_the_budget(tmp_path: Path):
+    write_splits(tmp_path, {"train": 6, "val": 3})
+    # Trials long enough that the second process (a fresh interpreter) starts before the first ran them all.
+    params = make_params(**{**searching(trials=4, epochs=8), "tune": {**searching(4)["tune"], "parallel": 2}})
+
+    summary = tune.run(params, tmp_path)
+
+    trials = load(tmp_path, params).trials
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] in (4, 5)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2 and "processes_lost" not in summary

@@ -193,6 +193,13 @@ def training_step(ctx: TrainContext, state: RunState) -> TrainStep:
     return TrainStep(forward, state.loss_fn, state.optimizer, ctx.cfg.grad_clip, ctx.device, graph=state.cuda_graph)
 
 
+def shipped_weights(run: FittedRun, train_df: pd.DataFrame, labels: list[str]) -> None:
+    """Leave the run's model as the train stage ships it: the best epoch's weights, then BatchNorm
+    statistics recomputed. A score of anything else misjudges short fine-tunes on small data."""
+    run.state.trained.load_state_dict(run.state.best_weights)
+    refresh_norm_stats(run, train_df, labels)
+
+
 def refresh_norm_stats(run: FittedRun, train_df: pd.DataFrame, labels: list[str]) -> None:
     """Recompute BatchNorm statistics on the training images as served: they lag behind the weights
     during a short fine-tune. Shuffled, so that batches mix classes. Nothing to do for a linear probe."""

@@ -1,9 +1,10 @@
 """One trial's score: the train stage's own engine on one recipe, never on the test split.
 
-With tune.folds = 1 a trial fine-tunes on train.csv and is scored by its best validation metric on
-val.csv, reporting every epoch so the pruner can stop it early. With tune.folds = K > 1 (small data,
+With tune.folds = 1 a trial fine-tunes on train.csv, reporting every epoch's validation metric on
+val.csv so the pruner can stop it early, and is scored by that metric of the model the train stage
+would ship: the best epoch's weights with BatchNorm statistics recomputed. With tune.folds = K > 1 (small data,
 where one val split is luck) train and val are pooled into K stratified folds, duplicate groups kept
-whole; the trial is scored by the mean of the K held-out bests, reporting the running mean after
+whole; the trial is scored by the mean of the K held-out scores, reporting the running mean after
 each fold, and keeps each fold's value and the spread as user attributes.
 """
 from __future__ import annotations
@@ -21,7 +22,11 @@ from tasks.data.splits import assign_folds
 from tasks.model.backbones import resolve_inputs
 from tasks.training import checkpoint
 from tasks.training.distributed import World
-from tasks.training.engine import METRIC_COLUMNS, fit_frames
+from tasks.training.engine import METRIC_COLUMNS, fit_frames, shipped_weights, targets
+from tasks.training.inputs import cached_images
+from tasks.training.loop import validate
+
+VALIDATE_KEYS = {"accuracy": "acc", "macro_f1": "macro_f1", "loss": "loss"}  # train.early_stopping.metric
 
 
 def score(trial: optuna.Trial, train: TrainParams, workdir: Path, study: str, folds: int,
@@ -65,4 +70,10 @@ def _fit(trial: optuna.Trial, cfg: TrainParams, workdir: Path, study: str, fit_d
                          on_epoch=report if per_epoch else None)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a trial is scored, never resumed
-    return run.state.stopper.best
+    # Scored as the train stage ships it (BatchNorm refreshed): the per-epoch values that pruning
+    # compares rate a short full fine-tune on small, hard data far below the model it becomes.
+    shipped_weights(run, fit_df, labels)
+    alone = run.ctx.alone()
+    held = validate(run.state.model, cached_images(alone, held_df, targets(held_df, labels), train=False,
+                                                   augment=False), alone)
+    return float(held[VALIDATE_KEYS[metric]])

@@ -55,6 +55,18 @@ def dimension(key: str, value) -> Dimension:
     raise ValueError(f"{key}: must be a list of choices or a range {{low, high}} (got {value!r})")
 
 
+def value_at(train: dict, key: str, default=KeyError):
+    """The value of `key` ("train.augment.mixup_alpha") in a train section as a dict."""
+    node = train
+    for part in key.removeprefix(PREFIX).split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is KeyError:
+                raise KeyError(key)
+            return default
+        node = node[part]
+    return node
+
+
 def recipe(train, values: dict[str, object]):
     """The train section (a TrainParams) with `values` ({"train.lr": 0.001, ...}) set; ValueError
     naming the first setting the train section refuses."""

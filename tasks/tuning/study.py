@@ -172,9 +172,10 @@ def _process_gone(trial: FrozenTrial) -> bool:
         return True
 
 
-def pruner(kind: str, warmup: int) -> optuna.pruners.BasePruner:
-    """Judged after three trials and `warmup` steps: the first epochs of a fine-tune from a low
-    learning rate lag a linear probe's, and pruning on them kept only probes (measured on digits)."""
+def pruner(kind: str, first_step: int) -> optuna.pruners.BasePruner:
+    """A trial may be pruned from `first_step` on (an epoch, or a fold counted from 0), and by the
+    median only once three trials finished: the first epoch of a fine-tune from a low learning rate
+    lags a linear probe's, and pruning on it kept only probes (measured on digits)."""
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=warmup + 1)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup)
+        return optuna.pruners.HyperbandPruner(min_resource=first_step)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first_step)
