@@ -21,7 +21,7 @@ from prefect.states import Failed
 from tasks import tune as search
 from tasks.common.config import UserError, load_params
 from tasks.production import show
-from tasks.tuning.space import PREFIX
+from tasks.tuning.space import value_at
 
 
 def production_recipe(root: Path, keys: list[str]) -> tuple[str, dict]:
@@ -34,13 +34,7 @@ def production_recipe(root: Path, keys: list[str]) -> tuple[str, dict]:
     if commit == "unknown" or shown.returncode != 0:
         return f"{entry['model']}: its commit is unknown here", {}
     train = (yaml.safe_load(shown.stdout) or {}).get("train", {})
-    values = {}
-    for key in keys:
-        node = train
-        for part in key.removeprefix(PREFIX).split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        values[key] = node
-    return f"{entry['model']} (commit {commit[:8]})", values
+    return f"{entry['model']} (commit {commit[:8]})", {key: value_at(train, key, None) for key in keys}
 
 
 def result_markdown(summary: dict, production: tuple[str, dict], now: dict, adopted: str) -> str:
