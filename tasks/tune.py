@@ -12,7 +12,7 @@ epoch (or fold) is pruned (`tune.pruner`). The study's first trial is params.yam
 best is always measured against it.
 
 The study lives in a journal file under ops.home or in the database of IMGCLF_TUNE_STORAGE, named
-by the data it is scored on (tasks/tuning/study.py): the same command continues it after Ctrl-C or
+by the data it is scored on and by what it asks (tasks/tuning/study.py): the same command continues it after Ctrl-C or
 kill -9, on this machine or on several at once, up to `tune.trials` finished trials. `tune.parallel`
 processes search side by side on this machine. The best trial, against params.yaml's recipe, is
 printed and written to reports/tune/ (study.json and the page index.html).

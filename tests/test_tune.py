@@ -22,7 +22,7 @@ from tasks.common.config import UserError, load_params, parse_params
 from tasks.tuning import study as studies
 from tasks.tuning.space import parse_space
 from tests.conftest import PROJECT_ROOT, free_port, make_params, write_splits
-from tests.postgres import running_postgres
+from tests.postgres import postgres_bin, running_postgres
 from tests.projects import copy_trained, set_params, under_git
 
 pytestmark = pytest.mark.training
@@ -174,6 +174,10 @@ def test_an_unreachable_study_database_gets_one_line(tmp_path: Path, monkeypatch
 def test_two_processes_share_one_study_in_postgresql(tmp_path: Path):
     write_splits(tmp_path, {"train": 8, "val": 4})
     params = make_params(**searching(trials=6))
+    try:
+        postgres_bin()
+    except RuntimeError:
+        pytest.skip("needs PostgreSQL's server: sudo apt-get install postgresql")
     with running_postgres(tmp_path) as url:
         env = {studies.STORAGE_ENV: url}
         outputs = [finished(p) for p in [start_tune(tmp_path, params, env=env), start_tune(tmp_path, params, env=env)]]
