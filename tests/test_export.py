@@ -1,0 +1,58 @@
+"""The bundle's network in ONNX Runtime: the probabilities and embeddings PyTorch gives, on real images,
+and one line when the exported file cannot be loaded."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tasks.common.config import UserError
+from tasks.data.images import open_rgb
+from tasks.model.bundle import load_bundle
+from tasks.model.export import OnnxNetwork, export_onnx, parity
+from tests.serving import write_evaluated_bundle
+
+pytestmark = pytest.mark.serving
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A fitted bundle, its ONNX export and its 16 training images, preprocessed."""
+    workdir = tmp_path_factory.mktemp("export")
+    write_evaluated_bundle(workdir)
+    bundle = load_bundle(workdir / "models")
+    path = export_onnx(bundle, workdir / "models/model.onnx")
+    images = [open_rgb(p) for p in sorted((workdir / "images").rglob("*.png"))]
+    return bundle, path, bundle.preprocess(images)
+
+
+def test_onnx_runtime_gives_pytorchs_probabilities_and_embeddings(exported):
+    bundle, path, batch = exported
+
+    figures = parity(bundle, OnnxNetwork(path), batch)
+
+    assert figures["images"] == 16 and figures["top1_agreement"] == 1.0
+    assert figures["max_probability_difference"] < 1e-4 and figures["max_embedding_difference"] < 1e-3
+
+
+def test_one_image_at_a_time_and_test_time_augmentation_match_too(exported):
+    bundle, path, batch = exported
+    network = OnnxNetwork(path, threads=1)
+    mirrored = dataclasses.replace(bundle, tta="hflip")
+
+    assert parity(bundle, network, batch[:1])["max_probability_difference"] < 1e-4
+    assert parity(mirrored, network, batch)["max_probability_difference"] < 1e-4
+
+
+def test_a_truncated_onnx_file_is_one_line(exported, tmp_path: Path):
+    _, path, _ = exported
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(path.read_bytes()[:2000])
+
+    with pytest.raises(UserError) as err:
+        OnnxNetwork(broken)
+
+    message = str(err.value)
+    assert message.startswith(f"{broken}: ONNX Runtime cannot load it (") and message.endswith("export it again")
+    assert "\n" not in message
