@@ -46,7 +46,7 @@ def export_onnx(bundle: Bundle, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each of its steps
         torch.onnx.export(network, (example,), str(path), input_names=[INPUT], output_names=OUTPUTS,
-                          dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     bundle.to(bundle.device)
     return path
 
