@@ -206,7 +206,7 @@ def adopt(summary: dict, workdir: Path, how: str) -> str:
 def dashboard(params: Params, workdir: Path, port: int) -> None:
     """optuna-dashboard on 127.0.0.1:port over the study's storage (the journal file or the database)."""
     url = os.environ.get(studies.STORAGE_ENV)
-    storage = url or str(workdir / params.ops.home / "tune" / "journal.log")
+    storage = url or str(studies.journal_path(workdir, params))
     if not url and not Path(storage).is_file():
         raise UserError(f"no study yet ({storage} not found); run make tune first")
     hint = [] if url else ["--storage-class", "JournalFileStorage"]

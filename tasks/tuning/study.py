@@ -54,11 +54,16 @@ def study_name(workdir: Path, question: dict) -> str:
     return f"tune-{digest([sha256(f) for f in files])[:12]}-{digest([question])[:6]}"
 
 
+def journal_path(workdir: Path, params: Params) -> Path:
+    """The default storage: a journal file under ops.home."""
+    return workdir / params.ops.home / "tune" / "journal.log"
+
+
 def open_storage(workdir: Path, params: Params):
     """(storage, where it is for people, a lock that serialises this host's bookkeeping)."""
     url = os.environ.get(STORAGE_ENV)
     if not url:
-        path = workdir / params.ops.home / "tune" / "journal.log"
+        path = journal_path(workdir, params)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), str(path), FileLock(f"{path}.bookkeeping.lock")
     try:
