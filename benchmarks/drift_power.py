@@ -61,7 +61,7 @@ from scipy.stats import false_discovery_control  # noqa: E402
 from tasks import train  # noqa: E402
 from tasks.common.paths import MODEL_DIR  # noqa: E402
 from tasks.data.splits import read_split  # noqa: E402
-from tasks.model.bundle import load_bundle  # noqa: E402
+from tasks.model.served import load_classifier  # noqa: E402
 from tasks.monitoring.drift import CATEGORICAL_COLUMNS, DRIFT_COLUMNS, column_tests, drift_snapshot, summarize_drift  # noqa: E402
 from tasks.monitoring.features import EMBEDDING_COLUMNS, STAT_COLUMNS, profile_images, profile_split  # noqa: E402
 from tests.conftest import make_params  # noqa: E402
@@ -137,7 +137,7 @@ def train_model(workdir: Path, count: int, seed: int):
     write_splits(workdir, split(pd.DataFrame(rows), {"train": 0.7, "val": 0.15, "test": 0.15}, seed))
     start = time.perf_counter()
     quietly(train.run, make_params(), workdir)
-    return load_bundle(workdir / MODEL_DIR), time.perf_counter() - start
+    return load_classifier(workdir / MODEL_DIR), time.perf_counter() - start
 
 
 def profile(bundle, images: list[Image.Image], labels: list[str]) -> pd.DataFrame:

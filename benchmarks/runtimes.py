@@ -12,7 +12,9 @@ backbone at 224 px on the same split, with the train stage, in a scratch folder.
 
     python benchmarks/runtimes.py [--workdir .] [--image-size 224] [--seconds 5] [--threads 2]
 
-The served figures (requests/s, p99, the service's memory) are benchmarks/serve_throughput.py's.
+The evaluate stage measures the same (less dynamic int8) to choose the served runtime
+(tasks/evaluation/runtimes.py); the served figures (requests/s, p99, the service's memory) are
+benchmarks/serve_throughput.py's.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from tasks.common.paths import MODEL_DIR  # noqa: E402
 from tasks.data.images import open_rgb  # noqa: E402
 from tasks.data.splits import read_split  # noqa: E402
 from tasks.model.bundle import load_bundle  # noqa: E402
-from tasks.model.export import OnnxNetwork, export_onnx  # noqa: E402
+from tasks.model.export import export_onnx  # noqa: E402
 from tasks.model.quantize import quantize_dynamic_int8, quantize_static_int8  # noqa: E402
+from tasks.model.served import OnnxNetwork  # noqa: E402
 
 
 def images_of(workdir: Path, split: str, bundle, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -56,6 +59,16 @@ def rate(run, batch: torch.Tensor, seconds: float) -> float:
         run(batch)
         done += len(batch)
     return done / (time.perf_counter() - start)
+
+
+class TensorsIn:
+    """An ONNX Runtime network called as the bundle is: tensors in and out."""
+
+    def __init__(self, network: OnnxNetwork):
+        self.network = network
+
+    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.from_numpy(out) for out in self.network.logits_and_features(batch.numpy()))
 
 
 def probe_at(size: int, workdir: Path, scratch: Path) -> Path:
@@ -96,7 +109,7 @@ def main() -> None:
         }
         reference = None
         for name, file in files.items():
-            network = bundle if name == "torch" else OnnxNetwork(file, args.threads)
+            network = bundle if name == "torch" else TensorsIn(OnnxNetwork(file, args.threads))
             logits = torch.cat([network.logits_and_features(test[i:i + 64])[0] for i in range(0, len(test), 64)])
             predicted = logits.argmax(1).numpy()
             reference = predicted if reference is None else reference

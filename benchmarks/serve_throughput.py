@@ -1,12 +1,14 @@
-"""Serving throughput: the bundle in-process against the real served Bento on loopback.
+"""Serving throughput: the model in-process against the real served Bento on loopback, per runtime.
 
-For the production Bento (or --bento), times:
-    in_process  the bundle alone, preprocessing included (PNG bytes -> decode -> RGB -> tensor ->
-                calibrated probabilities): batches of 64, and one image at a time
+For the production Bento (or --bento), and for each of --runtimes (packaged: the runtime the model
+was packaged with, tasks/model/served.py; torch: its PyTorch weights, IMAGE_CLASSIFIER_RUNTIME=torch),
+times:
+    in_process  the model alone, preprocessing included (PNG bytes -> decode -> RGB -> array ->
+                calibrated probabilities and embedding): batches of 64, and one image at a time
     served      `bentoml serve <bento>` on 127.0.0.1, POST /classify from an asyncio client at each
                 --concurrency, with each --images-per-request: requests/s, images/s, p50/p95/p99
-                latency, errors (any non-200 or connection failure), and the server's RSS (all its
-                processes) before and after the case
+                latency, errors (any non-200 or connection failure), and the server's memory (all
+                its processes: RSS summed, and PSS, which counts shared pages once) before and after
 and prints one JSON line per case. The client runs on the same machine as the server and takes some
 of its CPU: on a small machine the served figures are a lower bound. Usage:
     python benchmarks/serve_throughput.py                       # production Bento, 2,000 requests per case
@@ -31,7 +33,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,8 +41,9 @@ import bentoml  # noqa: E402
 from service.admission import MAX_IN_FLIGHT_ENV  # noqa: E402
 from tasks.common.paths import POINTER, split_csv  # noqa: E402
 from tasks.data.images import decode_upload, to_rgb  # noqa: E402
-from tasks.model.bundle import load_bundle, read_meta  # noqa: E402
+from service.settings import RUNTIME_ENV  # noqa: E402
 from tasks.model.registry import model_dir, read_pointer  # noqa: E402
+from tasks.model.served import load_classifier  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -62,23 +64,23 @@ def sample_pngs(count: int) -> list[bytes]:
     return [blobs[i % len(blobs)] for i in range(count)]
 
 
-def in_process(bundle_path: Path, pngs: list[bytes], batch: int) -> dict:
-    """Images/s of the bundle alone, batch by batch, decoding and preprocessing included."""
-    bundle, background = load_bundle(bundle_path), tuple(read_meta(bundle_path)["background"])
+def in_process(model_path: Path, runtime: str, pngs: list[bytes], batch: int) -> dict:
+    """Images/s of the model alone, batch by batch, decoding and preprocessing included."""
+    classifier = load_classifier(model_path, runtime="torch" if runtime == "torch" else None)
+    background = tuple(classifier.meta["background"])
 
     def classify(blobs: list[bytes]) -> np.ndarray:
         """What the service computes for each image, less the HTTP hops and the traffic log."""
         rgb = [to_rgb(decode_upload(b), background) for b in blobs]
-        logits, features = bundle.logits_and_features(bundle.preprocess(rgb))
-        return np.concatenate([bundle.probabilities(logits), bundle.project(features)], axis=1)
+        return np.concatenate(classifier.predict(classifier.preprocess(rgb)), axis=1)
 
     classify(pngs[:batch])  # warm-up
     started = time.perf_counter()
     for start in range(0, len(pngs), batch):
         classify(pngs[start:start + batch])
     seconds = time.perf_counter() - started
-    return {"case": "in_process", "batch": batch, "images": len(pngs), "images_per_s": round(len(pngs) / seconds, 1),
-            "threads": torch.get_num_threads()}
+    return {"case": "in_process", "runtime": classifier.runtime, "batch": batch, "images": len(pngs),
+            "images_per_s": round(len(pngs) / seconds, 1)}
 
 
 def free_port() -> int:
@@ -87,16 +89,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def server_rss_mb(server: subprocess.Popen) -> float:
-    """Resident memory of the server and every process it started (API and model workers)."""
+def server_memory_mb(server: subprocess.Popen) -> dict:
+    """Memory of the server and every process it started (API and model workers): RSS summed (shared
+    libraries counted once per process) and PSS (each shared page split between its processes)."""
     root = psutil.Process(server.pid)
-    total = 0
+    rss = pss = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info()
         except psutil.Error:
-            pass
-    return round(total / 2**20, 1)
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+    return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1)}
 
 
 async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per_request: int) -> dict:
@@ -148,8 +152,11 @@ async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, per
     }
 
 
-def serve(bento: str, port: int, traffic_dir: str, max_in_flight: int | None = None) -> subprocess.Popen:
+def serve(bento: str, runtime: str, port: int, traffic_dir: str, max_in_flight: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "IMAGE_CLASSIFIER_TRAFFIC_DIR": traffic_dir, "BENTOML_DO_NOT_TRACK": "True"}
+    env.pop(RUNTIME_ENV, None)
+    if runtime == "torch":
+        env[RUNTIME_ENV] = "torch"
     if max_in_flight:
         env[MAX_IN_FLIGHT_ENV] = str(max_in_flight)
     server = subprocess.Popen([str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
@@ -177,6 +184,7 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int,
                         help="the server's IMAGE_CLASSIFIER_MAX_IN_FLIGHT (per API worker), to show refusals")
     parser.add_argument("--skip-in-process", action="store_true", help="only the served cases")
+    parser.add_argument("--runtimes", default="packaged,torch", help="packaged (as packaged), torch (forced)")
     args = parser.parse_args()
 
     entry = read_pointer(Path(POINTER))["current"]
@@ -185,24 +193,30 @@ def main() -> None:
         raise SystemExit("no production Bento: run the pipeline (make run) or pass --bento")
     model = str(bentoml.get(bento).info.all_models[0].tag)
     pngs = sample_pngs(max(args.in_process_images, 256))
-    for batch in () if args.skip_in_process else (64, 1):
-        print(json.dumps({"model": model, **in_process(model_dir(model), pngs[:args.in_process_images], batch)}),
-              flush=True)
+    for runtime in args.runtimes.split(","):
+        for batch in () if args.skip_in_process else (64, 1):
+            print(json.dumps({"model": model, **in_process(model_dir(model), runtime, pngs[:args.in_process_images],
+                                                            batch)}), flush=True)
+        served(bento, runtime, pngs, args)
 
+
+def served(bento: str, runtime: str, pngs: list[bytes], args: argparse.Namespace) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as traffic:
-        server = serve(bento, port, traffic, args.max_in_flight)
+        server = serve(bento, runtime, port, traffic, args.max_in_flight)
         try:
             for per_request in (int(n) for n in args.images_per_request.split(",")):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    rss_before = server_rss_mb(server)
+                    before = server_memory_mb(server)
                     figures = asyncio.run(load(f"http://127.0.0.1:{port}", pngs, args.requests, concurrency,
                                                per_request))
-                    print(json.dumps({"case": "served", "bento": bento, "concurrency": concurrency,
-                                      "max_in_flight": args.max_in_flight,
+                    after = server_memory_mb(server)
+                    print(json.dumps({"case": "served", "bento": bento, "runtime": runtime,
+                                      "concurrency": concurrency, "max_in_flight": args.max_in_flight,
                                       "images_per_request": per_request, **figures,
-                                      "server_rss_mb_before": rss_before,
-                                      "server_rss_mb_after": server_rss_mb(server)}), flush=True)
+                                      "server_rss_mb_before": before["rss_mb"], "server_rss_mb_after": after["rss_mb"],
+                                      "server_pss_mb_before": before["pss_mb"],
+                                      "server_pss_mb_after": after["pss_mb"]}), flush=True)
         finally:
             os.killpg(server.pid, 15)
             server.wait(30)

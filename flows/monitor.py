@@ -27,10 +27,10 @@ from tasks.common.config import Params, UserError, load_params
 from tasks.common.files import sha256
 from tasks.common.paths import MODEL_DIR, POINTER, STORE_ARCHIVES, split_csv
 from tasks.data.splits import read_split
-from tasks.model.bundle import load_bundle
 from tasks.model.registry import check_in_store, model_dir, read_pointer
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
+from tasks.model.served import load_classifier
 from tasks.monitoring.traffic import read_traffic
 from tasks.monitoring.windows import (
     DRIFT,
@@ -67,7 +67,7 @@ def reference_profile(root: Path, ops_home: Path, model: str, bundle_dir: Path) 
     cache = ops_home / "monitor" / "reference" / name
     if cache.is_file():  # labels stay text: digits' "7" must not come back as the number 7
         return pd.read_csv(cache, dtype={"prediction": str})
-    profile = profile_split(load_bundle(bundle_dir), root, read_split(root, "val"), "profile val")
+    profile = profile_split(load_classifier(bundle_dir), root, read_split(root, "val"), "profile val")
     cache.parent.mkdir(parents=True, exist_ok=True)
     profile.to_csv(cache, index=False)
     return profile

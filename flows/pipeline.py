@@ -102,11 +102,17 @@ def publish_decision(repo_dir: Path) -> dict:
     """The gate's decision as a Prefect artifact and in the log; returns it."""
     decision = json.loads((repo_dir / DECISION_JSON).read_text())
     champion = decision["champion"]["model"] if decision["champion"] else "none"
+
+    def runtime(entry: dict | None) -> str:
+        served = (entry or {}).get("runtime")
+        return f"{served['name']} ({served['accuracy']})" if served else "-"
+
     lines = [
         f"### Gate: {decision['verdict']}", "",
-        "| | accuracy |", "|---|---|",
-        f"| challenger (this run) | {decision['challenger_accuracy']} |",
-        f"| champion ({champion}) | {decision['champion_accuracy'] if decision['champion'] else '-'} |", "",
+        "| | accuracy | served by (its accuracy there) |", "|---|---|---|",
+        f"| challenger (this run) | {decision['challenger_accuracy']} | {runtime(decision['challenger'])} |",
+        f"| champion ({champion}) | {decision['champion_accuracy'] if decision['champion'] else '-'} "
+        f"| {runtime(decision['champion'])} |", "",
         *[f"- {reason}" for reason in decision["reasons"]], "",
         f"Margin {decision['margin']}, alpha {decision['alpha']}, McNemar p = {decision['p_value']}. "
         f"Evaluation report: [{REPORT_HTML}]({(repo_dir / REPORT_HTML).as_uri()})",

@@ -7,10 +7,14 @@
     ImageClassifier   the public API, two workers by default: checks and decodes uploads (service/uploads.py),
                       batches the images of concurrent requests (service/coalesce.py), preprocesses
                       each batch, logs the traffic
-    ClassifierModel   the network, one worker: a forward pass per batch, for the model the API names
+    ClassifierModel   the network, one worker: a forward pass per batch, for the model the API names, in
+                      the runtime the model was packaged with (tasks/model/served.py: ONNX Runtime
+                      fp32 or int8, or PyTorch; PyTorch again if that runtime cannot load, with one
+                      log line saying why)
 
-Both load the bundle through `tasks.model.bundle`, so images are decoded, resized and normalized exactly
-as in training and evaluation. Every classified image is logged with `bentoml.monitor` as one JSON
+Images are resized and normalized by tasks/model/preprocess.py, as in evaluation and monitoring. Neither
+service imports PyTorch: only a model worker whose model runs in PyTorch loads it, so the API workers
+stay small (docs/serving.md has the memory). Every classified image is logged with `bentoml.monitor` as one JSON
 line of `tasks.monitoring.features.feature_rows` columns, which the monitor stage compares with its reference.
 The images the model is least sure of (top-two margin below labels.uncertain.margin) are also kept
 as files for review, within a disk cap and a retention time (tasks/labels/queue.py).
@@ -27,6 +31,7 @@ Settings, from the environment:
     IMAGE_CLASSIFIER_FOLLOW       path of deploy/production.json: serve its production model and
                                   switch to each new one (relative to where `bentoml serve` started)
     IMAGE_CLASSIFIER_MODEL_THREADS  the model worker's CPU threads (default: all cores but one)
+    IMAGE_CLASSIFIER_RUNTIME      torch: run the PyTorch weights, not the runtime the model was packaged with
     IMAGE_CLASSIFIER_API_WORKERS  API worker processes (default 2); each follows production alone
     IMAGE_CLASSIFIER_TRAFFIC_DIR  folder of the traffic logs; default `monitor.traffic_dir` of
                                   params.yaml (data/traffic); relative to where `bentoml serve` started
@@ -51,7 +56,6 @@ import aiohttp
 import anyio.to_thread
 import bentoml
 import numpy as np
-import torch
 from bentoml.models import BentoModel
 from PIL import Image
 from starlette.responses import JSONResponse
@@ -64,6 +68,7 @@ from service.production import PointerWatch
 from service.settings import (
     api_workers,
     follow_pointer,
+    forced_runtime,
     limit_heap_growth,
     model_path,
     model_tag,
@@ -76,14 +81,16 @@ from service.uploads import DEFAULT_TOP_K, MAX_IMAGES, ClassifyInput, ClassifyOu
 from tasks.common.config import UserError
 from tasks.data.images import to_rgb
 from tasks.labels.queue import keep_uncertain, prune, queue_dir
-from tasks.model.bundle import load_bundle, preprocess, read_meta
+from tasks.model.meta import read_meta
+from tasks.model.preprocess import preprocess_array
+from tasks.model.served import Classifier, load_classifier
 from tasks.monitoring.features import FEATURE_COLUMNS, feature_rows
 
 MONITOR_NAME = "image_classifier"  # logs go to <traffic dir>/image_classifier/data/data.<worker>.log
 CONNECTION_ATTEMPTS = 3
 COALESCED_CALLS = 1  # batches in flight at once: more measured slower on 2 cores (docs/performance.md)
 FOLLOW_SECONDS = 2.0  # how often a following service looks at the pointer file
-MODELS_KEPT = 3  # bundles the model worker holds: production, and those requests under way may still use
+MODELS_KEPT = 3  # models the model worker holds: production, and those requests under way may still use
 TRIM_EVERY = 50  # batches between two malloc_trim calls in the model worker (about 4 ms each)
 PRUNE_EVERY = 100  # images kept for review between two prunings of the review queue
 # The longest wait for the model worker's answer to one batch. A forward pass of 64 images takes about 0.1 s here
@@ -115,31 +122,30 @@ class ClassifierModel:
     bento_model = BentoModel(MODEL_TAG)  # so that the Bento carries the model it was built with
 
     def __init__(self) -> None:
-        if not torch.cuda.is_available():
-            torch.set_num_threads(model_threads())
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.bundles: dict = {}  # tag -> Bundle, oldest first
+        self.models: dict[str, Classifier] = {}  # tag -> model in its runtime, oldest first
         self.batches = 0
-        self.bundle_for(str(self.bento_model.tag))
+        self.classifier_for(str(self.bento_model.tag))
 
-    def bundle_for(self, tag: str):
-        bundle = self.bundles.get(tag)
-        if bundle is None:
+    def classifier_for(self, tag: str) -> Classifier:
+        classifier = self.models.get(tag)
+        if classifier is None:
             path = self.bento_model.path if tag == str(self.bento_model.tag) else model_path(tag)
-            bundle = load_bundle(path, device=self.device)
-            size = bundle.image_size
-            bundle.logits_and_features(torch.zeros(1, 3, size, size))  # the weights do run
-            self.bundles[tag] = bundle
-            logger.info("loaded %s", tag)
-            while len(self.bundles) > MODELS_KEPT:
-                self.bundles.pop(next(iter(self.bundles)))
-        return bundle
+            classifier = load_classifier(path, threads=model_threads(), runtime=forced_runtime())
+            if classifier.fallback:
+                logger.warning("%s: %s", tag, classifier.fallback)
+            size = int(classifier.meta["image_size"])
+            classifier.predict(np.zeros((1, 3, size, size), np.float32))  # the network does run
+            self.models[tag] = classifier
+            logger.info("loaded %s (runtime %s)", tag, classifier.runtime)
+            while len(self.models) > MODELS_KEPT:
+                self.models.pop(next(iter(self.models)))
+        return classifier
 
     @bentoml.api
     def load(self, model: str) -> str:
         """Load `model` from the BentoML store before it is served: '' once ready, else why it cannot be."""
         try:
-            self.bundle_for(model)
+            self.classifier_for(model)
         except Exception as err:  # whatever the cause, the answer is "do not switch", with the reason
             return f"{type(err).__name__}: {err}"
         return ""
@@ -152,10 +158,8 @@ class ClassifierModel:
         self.batches += 1
         if self.batches % TRIM_EVERY == 0:  # batches of every size leave freed blocks scattered in the heap
             release_free_memory()
-        bundle = self.bundle_for(model)
-        logits, features = bundle.logits_and_features(torch.from_numpy(np.array(batch)))  # arrives read-only
-        probs = bundle.probabilities(logits)
-        return np.concatenate([probs, bundle.project(features)], axis=1).astype(np.float32)
+        probs, embeddings = self.classifier_for(model).predict(np.asarray(batch))
+        return np.concatenate([probs, embeddings], axis=1).astype(np.float32)
 
 
 class ModelUnavailable(Exception):
@@ -184,7 +188,6 @@ class ImageClassifier:
     classifier = bentoml.depends(ClassifierModel)
 
     def __init__(self) -> None:
-        torch.set_num_threads(1)  # preprocessing only: the other cores belong to the model worker
         self.traffic_dir = traffic_dir()
         self.log_lock = threading.Lock()  # bentoml.monitor sets its log files up on first use
         self.review_queue, self.uncertain = queue_dir(self.traffic_dir), uncertain_settings()
@@ -252,7 +255,7 @@ class ImageClassifier:
         if time.monotonic() < self.model_down_until:  # the batches queued behind a failed one fail at once
             raise ModelUnavailable(MODEL_UNAVAILABLE)
         batch = await anyio.to_thread.run_sync(
-            lambda: preprocess(images, meta["image_size"], meta["mean"], meta["std"], meta["crop_pct"]).numpy())
+            lambda: preprocess_array(images, meta["image_size"], meta["mean"], meta["std"], meta["crop_pct"]))
         try:
             async with asyncio.timeout(MODEL_WAIT_S):
                 for attempt in range(1, CONNECTION_ATTEMPTS + 1):

@@ -13,7 +13,7 @@ import bentoml
 import psutil
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is used)
-from tasks.common.config import load_params
+from tasks.common.config import UserError, load_params
 from tasks.common.paths import POINTER, STORE_ARCHIVES
 from tasks.model.registry import FOLLOW_ENV, check_in_store, current_model
 
@@ -21,6 +21,7 @@ MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
 TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
 THREADS_ENV = "IMAGE_CLASSIFIER_MODEL_THREADS"
 API_WORKERS_ENV = "IMAGE_CLASSIFIER_API_WORKERS"
+RUNTIME_ENV = "IMAGE_CLASSIFIER_RUNTIME"
 
 
 def model_tag() -> str:
@@ -75,6 +76,15 @@ def model_threads() -> int:
     if os.environ.get(THREADS_ENV):
         return int(os.environ[THREADS_ENV])
     return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def forced_runtime() -> str | None:
+    """IMAGE_CLASSIFIER_RUNTIME=torch serves the PyTorch weights whatever runtime the model was packaged
+    with (to compare, or to rule the runtime out); unset: the packaged runtime."""
+    value = os.environ.get(RUNTIME_ENV) or None
+    if value not in (None, "torch"):
+        raise UserError(f"{RUNTIME_ENV}={value}: only torch can be forced; unset it to serve the packaged runtime")
+    return value
 
 
 def launch_dir() -> Path:

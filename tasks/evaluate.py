@@ -13,10 +13,15 @@ Writes under reports/evaluate/
     confusion_matrix.png  counts and row-normalized;  reliability.png  before and after calibration
     worst_mistakes.png    the most confident wrong predictions
     report.html           all of the above on one self-contained page (tasks/evaluation/report.py)
+
+and runtime/: the runtime that will serve the model (PyTorch, ONNX Runtime fp32 or int8), chosen by
+package.runtime from each one's test accuracy and speed, measured here (tasks/evaluation/runtimes.py),
+with its ONNX file; runtime/runtime.json has every runtime's figures, which the report shows.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,7 @@ from tasks.common.paths import (
     MODEL_DIR,
     PREDICTIONS_CSV,
     REPORT_HTML,
+    RUNTIME_DIR,
 )
 from tasks.data.images import open_rgb
 from tasks.data.splits import class_indices, read_split
@@ -39,6 +45,7 @@ from tasks.evaluation.metrics import classification_metrics, slice_metrics
 from tasks.evaluation.plots import plot_confusion, plot_reliability, plot_worst_mistakes
 from tasks.evaluation.predict import predict_files
 from tasks.evaluation.report import write_report
+from tasks.evaluation.runtimes import choose, measure_runtimes, write_runtime
 from tasks.model.bundle import load_bundle
 from tasks.model.device import pick_device
 
@@ -66,6 +73,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
                     "temperature": bundle.temperature})
     if without_tta is not None:  # what the test-time augmentation buys
         metrics["accuracy_without_tta"] = round(float((without_tta.argmax(1) == targets).mean()), 4)
+    runtime = serving_runtime(params, workdir, bundle, files, targets, probs)
 
     predicted = probs.argmax(1)
     predictions = pd.DataFrame({
@@ -100,12 +108,24 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
                          f"confidence {r.confidence:.2f}, p(true) {r.true_class_probability:.2f}"
                          for r in worst.itertuples()],
                         len(mistakes), len(predictions), workdir / MISTAKES_PNG)
-    write_report(workdir / REPORT_HTML, bundle, metrics, per_class, slices, figures={
+    write_report(workdir / REPORT_HTML, bundle, metrics, per_class, slices, runtime, figures={
         "Confusion matrix": workdir / CONFUSION_PNG, "Calibration": workdir / RELIABILITY_PNG,
         "Worst mistakes": workdir / MISTAKES_PNG, "Training curves": workdir / CURVES_PNG,
     })
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_uncalibrated", "test_images")} | {
-        "report": str(REPORT_HTML)}
+        "runtime": f"{runtime['runtime']} ({runtime['reason']})", "report": str(REPORT_HTML)}
+
+
+def serving_runtime(params: Params, workdir: Path, bundle, files: list[Path], targets: np.ndarray,
+                    probs: np.ndarray) -> dict:
+    """Export, score and time each serving runtime; runtime/ gets the one package.runtime picks."""
+    train_files = [workdir / f for f in read_split(workdir, "train")["file"]]
+    with tempfile.TemporaryDirectory(prefix="runtimes-") as scratch:
+        figures, made = measure_runtimes(bundle, files, targets, probs, train_files, params.evaluate.batch_size,
+                                         params.evaluate.calibration_bins, Path(scratch), params.package.runtime)
+        chosen, reason = choose(figures, params.package.runtime, params.package.max_accuracy_drop)
+        return write_runtime(workdir / RUNTIME_DIR, chosen, reason, params.package.runtime,
+                             params.package.max_accuracy_drop, figures, made)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ min(b, c) out of b + c. The challenger passes when
 
 The champion is the model named in deploy/production.json (tasks/model/registry.py), loaded from the
 BentoML model store and run with its own preprocessing, calibration and test-time augmentation.
-The challenger's predictions are those of the evaluate stage. Writes reports/gate/decision.json;
-`python -m tasks.production promote` acts on it.
+The challenger's predictions are those of the evaluate stage, in PyTorch; the decision also names
+the runtime each model is served with (runtime/runtime.json, and the champion's in the store) and its
+test accuracy there. Writes reports/gate/decision.json; `python -m tasks.production promote` acts on it.
 """
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ from scipy.stats import binomtest
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, UserError
 from tasks.common.files import sha256
-from tasks.common.paths import DECISION_JSON, MODEL_DIR, POINTER, PREDICTIONS_CSV, STORE_ARCHIVES
+from tasks.common.paths import DECISION_JSON, MODEL_DIR, POINTER, PREDICTIONS_CSV, RUNTIME_DIR, STORE_ARCHIVES
 from tasks.data.splits import read_split
 from tasks.evaluation.predict import predict_files
 from tasks.model.bundle import WEIGHTS_FILE, load_bundle
 from tasks.model.device import pick_device
 from tasks.model.registry import check_in_store, read_pointer
+from tasks.model.served import read_runtime
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -91,12 +93,30 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     else:
         champion_correct = score_champion(champion["model"], test, workdir, params)
         decision = decide(challenger_correct, champion_correct, params.gate.margin, params.gate.alpha)
-    decision["challenger"] = {"weights_sha256": challenger_sha}
+    decision["challenger"] = {"weights_sha256": challenger_sha, "runtime": served_runtime(workdir / RUNTIME_DIR)}
     decision["champion"] = None if champion is None else {
-        "model": champion["model"], "weights_sha256": champion["weights_sha256"]}
+        "model": champion["model"], "weights_sha256": champion["weights_sha256"],
+        "runtime": served_runtime(model_path(champion["model"]))}
     (workdir / DECISION_JSON).parent.mkdir(parents=True, exist_ok=True)
     (workdir / DECISION_JSON).write_text(json.dumps(decision, indent=2))
     return {"verdict": decision["verdict"], "reasons": decision["reasons"]}
+
+
+def served_runtime(folder: str | Path | None) -> dict | None:
+    """The runtime a model is (to be) served with, and its test accuracy there (tasks/evaluation/runtimes.py);
+    None for a model not in this store."""
+    if folder is None:
+        return None
+    chosen = read_runtime(folder)
+    figures = chosen.get("figures", {}).get(chosen["runtime"], {})
+    return {"name": chosen["runtime"], "accuracy": figures.get("accuracy"), "reason": chosen.get("reason", "")}
+
+
+def model_path(tag: str) -> str | None:
+    try:
+        return bentoml.models.get(tag).path
+    except bentoml.exceptions.NotFound:
+        return None
 
 
 def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) -> np.ndarray:

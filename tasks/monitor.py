@@ -1,6 +1,6 @@
 """Monitor stage: Evidently drift report of the service's logged traffic against the validation images.
 
-Reads the model bundle (models/), the split manifests (data/split/val.csv, test.csv) and the
+Reads the model bundle (models/) in its serving runtime (runtime/), the split manifests (data/split/val.csv, test.csv) and the
 service's request logs (monitor.traffic_dir, JSON lines written by `bentoml.monitor`), and writes
     reports/monitor/reference.csv   feature rows of every validation image (the reference profile)
     reports/monitor/current.csv     the rows compared with it (logged traffic, or the test split)
@@ -20,13 +20,13 @@ from evidently import Run
 
 from tasks.common.cli import run_stage
 from tasks.common.config import Params
-from tasks.common.paths import MODEL_DIR
+from tasks.common.paths import MODEL_DIR, RUNTIME_DIR
 from tasks.data.splits import read_split
-from tasks.model.bundle import Bundle, load_bundle
 from tasks.model.device import pick_device
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
 from tasks.monitoring.traffic import read_traffic
+from tasks.model.served import Classifier, load_classifier
 
 REPORT_DIR = Path("reports/monitor")
 REFERENCE_CSV = REPORT_DIR / "reference.csv"
@@ -36,13 +36,13 @@ DRIFT_JSON = REPORT_DIR / "drift.json"
 DRIFT_RAW_JSON = REPORT_DIR / "drift_raw.json"
 
 
-def current_window(params: Params, workdir: Path, bundle: Bundle) -> tuple[pd.DataFrame, dict]:
+def current_window(params: Params, workdir: Path, classifier: Classifier) -> tuple[pd.DataFrame, dict]:
     """Logged traffic when there is enough of it, else the test split profiled like the reference."""
     traffic, skipped = read_traffic(workdir / params.monitor.traffic_dir)
     info = {"traffic_rows": len(traffic), "skipped_lines": skipped}
     if len(traffic) >= params.monitor.min_traffic:
         return traffic, {"source": "traffic", **info}
-    test = profile_split(bundle, workdir, read_split(workdir, "test"), "profile test")
+    test = profile_split(classifier, workdir, read_split(workdir, "test"), "profile test")
     return test, {"source": "test_split", **info}
 
 
@@ -56,12 +56,13 @@ def write_reports(workdir: Path, snapshot: Run, summary: dict) -> None:
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     """Profile the validation images, pick the current window, write the drift reports, return the verdict."""
     val = read_split(workdir, "val")
-    bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.train.device))
+    # In the runtime the model will be served with: int8 moves the embeddings the traffic log holds.
+    classifier = load_classifier(workdir / MODEL_DIR, workdir / RUNTIME_DIR, device=str(pick_device(params.train.device)))
     (workdir / REPORT_DIR).mkdir(parents=True, exist_ok=True)
 
-    reference = profile_split(bundle, workdir, val, "profile val")
+    reference = profile_split(classifier, workdir, val, "profile val")
     reference.to_csv(workdir / REFERENCE_CSV, index=False)
-    current, window = current_window(params, workdir, bundle)
+    current, window = current_window(params, workdir, classifier)
     current.to_csv(workdir / CURRENT_CSV, index=False)
 
     snapshot = drift_snapshot(reference, current, params.monitor)

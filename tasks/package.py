@@ -1,6 +1,7 @@
 """Package stage: the evaluated bundle into the BentoML model store, and a Bento that serves it.
 
     models/ (model.safetensors, model.json)  ->  model  <package.model_name>:<version>
+    runtime/ (runtime.json, its ONNX file)       the runtime that serves it (tasks/model/served.py)
     service/, tasks/, params.yaml             ->  Bento  image-classifier-service:<version>
     reports/package/bento.json                   both tags, and the metrics, hashes and lineage packaged
 
@@ -28,8 +29,9 @@ import bentoml
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, UserError
 from tasks.common.files import sha256
-from tasks.common.paths import METRICS_JSON, MODEL_DIR, PACKAGE_JSON, split_csv
-from tasks.model.bundle import META_FILE, WEIGHTS_FILE, read_meta
+from tasks.common.paths import METRICS_JSON, MODEL_DIR, PACKAGE_JSON, RUNTIME_DIR, split_csv
+from tasks.model.meta import META_FILE, WEIGHTS_FILE, read_meta
+from tasks.model.served import RUNTIME_JSON, read_runtime
 from tasks.model.lineage import bento_labels, collect_lineage
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
@@ -55,13 +57,29 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
-def save_model(name: str, bundle_dir: Path, metadata: dict) -> bentoml.Model:
-    """Copy the bundle's two files into a new version of model `name` in the model store."""
-    labels = {"backbone": str(metadata["backbone"]), "source": "imgclf-pipeline"}
+def save_model(name: str, bundle_dir: Path, runtime_dir: Path, metadata: dict) -> bentoml.Model:
+    """Copy the bundle's two files and its runtime's into a new version of model `name` in the model store."""
+    labels = {"backbone": str(metadata["backbone"]), "runtime": metadata["runtime"]["name"],
+              "source": "imgclf-pipeline"}
+    runtime = read_runtime(runtime_dir)
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for file in (WEIGHTS_FILE, META_FILE):
             shutil.copy2(bundle_dir / file, model.path_of(file))
+        for file in (RUNTIME_JSON, runtime["file"]):
+            if file:
+                shutil.copy2(runtime_dir / file, model.path_of(file))
     return bentoml.models.get(model.tag)
+
+
+def runtime_summary(runtime_dir: Path) -> dict:
+    """The runtime the evaluate stage chose, why, and its test figures, for the model's metadata."""
+    if not (runtime_dir / RUNTIME_JSON).is_file():
+        raise UserError(f"{runtime_dir / RUNTIME_JSON} not found; {FIX}")
+    chosen = read_runtime(runtime_dir)
+    if chosen["file"] and not (runtime_dir / chosen["file"]).is_file():
+        raise UserError(f"{runtime_dir / chosen['file']} not found; {FIX}")
+    return {"name": chosen["runtime"], "reason": chosen["reason"], "figures": chosen["figures"][chosen["runtime"]],
+            "pytorch": chosen["figures"]["torch"]}
 
 
 def build_bento(model: bentoml.Model, labels: dict[str, str] | None = None) -> str:
@@ -99,10 +117,11 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "labels": list(meta["labels"]),
         "image_size": int(meta["image_size"]),
         "lineage": collect_lineage(workdir, params),
+        "runtime": runtime_summary(workdir / RUNTIME_DIR),
     }
-    labels = bento_labels(metadata["lineage"], metrics)
+    labels = {**bento_labels(metadata["lineage"], metrics), "runtime": metadata["runtime"]["name"]}
 
-    model = save_model(params.package.model_name, bundle_dir, metadata)
+    model = save_model(params.package.model_name, bundle_dir, workdir / RUNTIME_DIR, metadata)
     bento_tag = build_bento(model, labels)
     packed = [str(m.tag) for m in bentoml.get(bento_tag).info.all_models]
     if str(model.tag) not in packed:
@@ -118,7 +137,8 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     }
     (workdir / PACKAGE_JSON).parent.mkdir(parents=True, exist_ok=True)
     (workdir / PACKAGE_JSON).write_text(json.dumps(report, indent=2))
-    return {"model": str(model.tag), "bento": bento_tag, **{k: metrics[k] for k in REQUIRED_METRICS}}
+    return {"model": str(model.tag), "bento": bento_tag, "runtime": metadata["runtime"]["name"],
+            **{k: metrics[k] for k in REQUIRED_METRICS}}
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def show(workdir: Path = Path("."), home: str | Path | None = None) -> dict:
         metadata = model_metadata(entry["model"], home)
         saved = metadata or {}
         return {**entry, "in_store": metadata is not None,
-                "lineage": saved.get("lineage"), "metrics": saved.get("metrics")}
+                "lineage": saved.get("lineage"), "metrics": saved.get("metrics"), "runtime": saved.get("runtime")}
 
     return {"current": with_lineage(pointer["current"]), "previous": [with_lineage(e) for e in pointer["previous"]]}
 
@@ -126,11 +126,23 @@ def describe(shown: dict, home: str | Path | None = None) -> str:
             f"  test accuracy: {f'{accuracy:.4f}' if isinstance(accuracy, (int, float)) else '?'}",
         ]
         if entry["in_store"]:
-            lines += ["  lineage:", *format_lineage(entry["lineage"])]
+            lines += [f"  runtime:       {describe_runtime(entry.get('runtime'))}",
+                      "  lineage:", *format_lineage(entry["lineage"])]
         else:
             lines.append(f"  lineage:       unknown: the model is not in the BentoML store under {store_home(home)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def describe_runtime(runtime: dict | None) -> str:
+    """'onnx-int8 (test accuracy 0.9814, PyTorch 0.9777; 24682 images/s in batches, PyTorch 1413)'."""
+    if not runtime:
+        return "torch (packaged before runtimes were measured)"
+    ours, torch = runtime["figures"], runtime["pytorch"]
+    if runtime["name"] == "torch":
+        return f"torch ({runtime['reason']})"
+    return (f"{runtime['name']} (test accuracy {ours['accuracy']:.4f}, PyTorch {torch['accuracy']:.4f}; "
+            f"{ours['batch_img_s']:.0f} images/s in batches, PyTorch {torch['batch_img_s']:.0f})")
 
 
 def track_archives(workdir: Path) -> None:

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import torch
 
-from tasks import package
+from tasks import evaluate, package
 from tasks.data.images import open_rgb
 from tasks.model.backbones import create_backbone, pooled_features
-from tasks.model.bundle import fit_projection, save_bundle
+from tasks.model.bundle import fit_projection, load_bundle, save_bundle
 from tasks.model.lineage import TRIGGER_ENV
 from tasks.model.transforms import eval_transform
 from tests.conftest import free_port, make_params, write_image_set
@@ -27,8 +28,9 @@ IMAGE_SIZE = 32
 TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperature
 
 
-def write_evaluated_bundle(workdir: Path, temperature: float = TEMPERATURE) -> None:
-    """What train + evaluate leave behind: models/, metrics.json and the training split."""
+def write_evaluated_bundle(workdir: Path, temperature: float = TEMPERATURE, runtimes: bool = True) -> None:
+    """What train + evaluate leave behind: models/, metrics.json, the training split and, with
+    `runtimes`, runtime/ as the evaluate stage chooses it (package.runtime auto), the images as test split."""
     paths = write_image_set(workdir / "images", CLASSES, seed=0)
     labels = sorted(CLASSES)
     torch.manual_seed(0)
@@ -61,6 +63,10 @@ def write_evaluated_bundle(workdir: Path, temperature: float = TEMPERATURE) -> N
     (workdir / "data/split").mkdir(parents=True, exist_ok=True)
     rows = "".join(f"{p.relative_to(workdir)},{p.parent.name}\n" for p in paths)
     (workdir / "data/split/train.csv").write_text("file,label\n" + rows)
+    if runtimes:
+        bundle = load_bundle(workdir / "models")
+        probs = bundle.predict_proba(bundle.preprocess([open_rgb(p) for p in paths]))
+        evaluate.serving_runtime(make_params(), workdir, bundle, paths, targets.numpy(), probs)
 
 
 def package_once(workdir: Path) -> dict:
@@ -110,6 +116,21 @@ def served(cmd: list[str], cwd: Path, env: dict, log_path: Path, ready_within: f
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def server_processes(url: str) -> list[psutil.Process]:
+    """The server listening on `url`'s port and all its workers."""
+    port = url.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "--port" in cmd and cmd[cmd.index("--port") + 1:][:1] == [port]:
+            return [proc, *proc.children(recursive=True)]
+    raise AssertionError(f"no server process on port {port}")
+
+
+def maps_library(proc: psutil.Process, name: str) -> bool:
+    """Whether `proc` has a shared library whose file name starts with `name` loaded."""
+    return any(Path(m.path).name.startswith(name) for m in proc.memory_maps())
 
 
 def bentoml_serve(packaged: dict, env: dict, log_name: str = "serve.log"):

@@ -10,7 +10,8 @@ import pytest
 from tasks.common.config import UserError
 from tasks.data.images import open_rgb
 from tasks.model.bundle import load_bundle
-from tasks.model.export import OnnxNetwork, export_onnx, parity
+from tasks.model.export import export_onnx, parity
+from tasks.model.served import OnnxNetwork
 from tasks.model.quantize import quantize_dynamic_int8, quantize_static_int8
 from tests.serving import write_evaluated_bundle
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.serving
 def exported(tmp_path_factory):
     """A fitted bundle, its ONNX export and its 16 training images, preprocessed."""
     workdir = tmp_path_factory.mktemp("export")
-    write_evaluated_bundle(workdir)
+    write_evaluated_bundle(workdir, runtimes=False)
     bundle = load_bundle(workdir / "models")
     path = export_onnx(bundle, workdir / "models/model.onnx")
     images = [open_rgb(p) for p in sorted((workdir / "images").rglob("*.png"))]

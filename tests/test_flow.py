@@ -56,7 +56,7 @@ def test_the_flow_runs_every_stage_promotes_and_pushes(trained: Trained):
         "data/manifest.csv", "reports/validate/data_docs/index.html", "data/clean/quarantine.csv",
         "data/split/test.csv", "models/model.safetensors", "reports/evaluate/confusion_matrix.png",
         "reports/evaluate/report.html", "reports/gate/decision.json", "reports/package/bento.json",
-        "reports/monitor/drift.html",
+        "reports/monitor/drift.html", "runtime/runtime.json",
     ]:
         assert (repo / artifact).is_file(), artifact
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -69,6 +69,16 @@ def test_the_flow_runs_every_stage_promotes_and_pushes(trained: Trained):
     assert {row["class"] for row in json.loads(table["data"])} == set(metrics["per_class"])
     report = read_artifact("evaluation-report", trained.flow_run_id)
     assert (repo / "reports/evaluate/report.html").as_uri() in report["data"]
+
+    # Each runtime scored and timed by the evaluate stage; the chosen one goes to the gate, the store
+    # and the report.
+    runtime = json.loads((repo / "runtime/runtime.json").read_text())
+    assert set(runtime["figures"]) == {"torch", "onnx", "onnx-int8"} and runtime["setting"] == "auto"
+    assert all(f["batch_img_s"] > 0 and 0 <= f["accuracy"] <= 1 for f in runtime["figures"].values())
+    assert runtime["figures"]["onnx"]["top1_agreement"] == 1.0  # fp32: PyTorch's answers
+    decision = json.loads((repo / "reports/gate/decision.json").read_text())
+    assert decision["challenger"]["runtime"]["name"] == runtime["runtime"] == package["metadata"]["runtime"]["name"]
+    assert "Serving runtime" in (repo / "reports/evaluate/report.html").read_text()
 
 
 @pytest.mark.slow(reason="starts a second server (make test's serving tests have one)")

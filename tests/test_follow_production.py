@@ -24,6 +24,7 @@ from tasks import package
 from tasks.common.paths import POINTER, STORE_ARCHIVES
 from tasks.model.bundle import META_FILE, WEIGHTS_FILE
 from tasks.model.registry import FOLLOW_ENV, archive_bento, model_dir, write_pointer
+from tasks.model.served import RUNTIME_JSON
 from tasks.production import rollback
 from tests.conftest import PROJECT_ROOT, write_image_set
 from tests.serving import bentoml_serve
@@ -38,14 +39,16 @@ IN_A_ROW = 20  # answers in a row from the new model that count as switched
 
 
 def save_variant(packaged: dict, name: str, change) -> str:
-    """A new version of the packaged model in the same store, its bundle files changed by `change`."""
+    """A new version of the packaged model in the same store, its bundle and runtime files (one folder
+    here) changed by `change`."""
     workdir, report = packaged["workdir"], packaged["report"]
     bundle = workdir / name
     shutil.copytree(workdir / "models", bundle)
+    shutil.copytree(workdir / "runtime", bundle, dirs_exist_ok=True)
     change(bundle)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENTOML_HOME", report["bentoml_home"])
-        model = package.save_model(report["model_tag"].split(":")[0], bundle, report["metadata"])
+        model = package.save_model(report["model_tag"].split(":")[0], bundle, bundle, report["metadata"])
     return str(model.tag)
 
 
@@ -58,11 +61,17 @@ def garbage_weights(bundle: Path) -> None:
     (bundle / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
 
 
+def truncated_onnx(bundle: Path) -> None:
+    onnx = bundle / json.loads((bundle / RUNTIME_JSON).read_text())["file"]
+    onnx.write_bytes(onnx.read_bytes()[:5000])
+
+
 @pytest.fixture(scope="module")
 def following(packaged):
     workdir, report = packaged["workdir"], packaged["report"]
     tags = {"a": report["model_tag"], "b": save_variant(packaged, "sharper", sharper),
-            "broken": save_variant(packaged, "broken", garbage_weights)}
+            "broken": save_variant(packaged, "broken", garbage_weights),
+            "truncated_onnx": save_variant(packaged, "truncated-onnx", truncated_onnx)}
     pointer = workdir / POINTER
     pointer.parent.mkdir(parents=True, exist_ok=True)
     write_pointer(pointer, {"current": entry(tags["a"], report), "previous": []})
@@ -157,6 +166,28 @@ def test_a_production_model_that_fails_to_load_leaves_the_old_one_serving(follow
     assert (f"production model {missing} could not be loaded, still serving {a}: UserError: model {missing} is "
             "not in the BentoML model store under") in log and "nor archived as" in log
     write_pointer(following["pointer"], {"current": entry(a, report), "previous": []})
+
+
+def test_a_model_whose_onnx_file_is_corrupted_is_served_by_its_pytorch_weights_and_the_log_says_why(following):
+    a, bad, report, url = following["a"], following["truncated_onnx"], following["report"], following["url"]
+    runtime = report["metadata"]["runtime"]["name"]
+    write_pointer(following["pointer"], {"current": entry(bad, report), "previous": [entry(a, report)]})
+    deadline = time.monotonic() + SWITCH_WITHIN
+    while f"production changed: serving {bad}" not in following["log"].read_text():
+        assert time.monotonic() < deadline, following["log"].read_text()[-3000:]
+        time.sleep(0.5)
+
+    resp = httpx.post(url + "/classify", files=[("images", ("cat.png", following["image"], "image/png"))], timeout=30)
+
+    assert resp.status_code == 200 and resp.json()["model"] == bad
+    assert resp.json()["results"][0]["predictions"][0]["label"] == "cat"
+    log = following["log"].read_text()
+    assert f"{bad}: {runtime} cannot be used (" in log and "running the PyTorch weights instead" in log
+    assert f"loaded {bad} (runtime torch)" in log
+    write_pointer(following["pointer"], {"current": entry(a, report), "previous": []})
+    while f"production changed: serving {a} (was {bad})" not in following["log"].read_text():
+        assert time.monotonic() < deadline + SWITCH_WITHIN, following["log"].read_text()[-3000:]
+        time.sleep(0.5)
 
 
 def test_a_production_model_this_store_lacks_comes_from_deploy_store(following):

@@ -97,6 +97,10 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     report = json.loads((tmp_path / paths.PACKAGE_JSON).read_text())
     shown = production.show(tmp_path, report["bentoml_home"])  # production's lineage, from the model store
     assert shown["current"]["lineage"] == report["metadata"]["lineage"]
+    runtime = json.loads((tmp_path / paths.RUNTIME_DIR / "runtime.json").read_text())["runtime"]  # auto's choice
+    assert shown["current"]["runtime"]["name"] == runtime
+    assert json.loads((tmp_path / paths.DECISION_JSON).read_text())["challenger"]["runtime"]["name"] == runtime
+    assert f"  runtime:       {runtime}" in production.describe(shown, report["bentoml_home"])
     # Promotion archived its Bento (model inside) for other machines, tracked by DVC.
     assert (tmp_path / registry.archive_path(entry["model"])).is_file() and (tmp_path / "deploy/store.dvc").is_file()
     other_machine = tmp_path / "other-bentoml"  # an empty store: production comes from the archive
@@ -109,7 +113,7 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     assert production.promote(tmp_path) == entry and (tmp_path / paths.POINTER).read_bytes() == promoted
 
     # A challenger whose new head never learned: the champion, scored from the model store, wins.
-    worse = prepare(tmp_path, image_root, train={"epochs": 1, "lr": 1e-9})
+    worse = prepare(tmp_path, image_root, train={"epochs": 1, "lr": 1e-9}, package={"runtime": "torch"})
     train.run(worse, tmp_path)
     evaluate.run(worse, tmp_path)
     result = gate.run(worse, tmp_path)
@@ -130,7 +134,7 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
 
 def test_gate_names_a_production_model_missing_from_the_store(tmp_path, image_root, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    params = prepare(tmp_path, image_root, train={"epochs": 1})
+    params = prepare(tmp_path, image_root, train={"epochs": 1}, package={"runtime": "torch"})
     train.run(params, tmp_path)
     evaluate.run(params, tmp_path)
     registry.write_pointer(tmp_path / paths.POINTER, {

@@ -168,7 +168,7 @@ def test_show_prints_lineage_of_production_and_each_predecessor(tmp_path, store,
     newest = lineage_of("2" * 40 + "-dirty", "drift")
     shown = production.show(tmp_path)
     assert shown["current"] == {**pointer["current"], "in_store": True, "lineage": newest,
-                                "metrics": {"accuracy": 0.9, "macro_f1": 0.89}}
+                                "metrics": {"accuracy": 0.9, "macro_f1": 0.89}, "runtime": None}
     assert shown["previous"][0]["lineage"]["git_commit"] == "1" * 40
     assert shown["previous"][1]["in_store"] is False and shown["previous"][1]["lineage"] is None
     assert shown["previous"][2] is None
@@ -185,7 +185,8 @@ def test_show_prints_lineage_of_production_and_each_predecessor(tmp_path, store,
         "  gate:          passed",
         "  test accuracy: 0.9812",
     ]
-    assert blocks[0].splitlines()[5:] == ["  lineage:", *format_lineage(newest)]
+    assert blocks[0].splitlines()[5:] == ["  runtime:       torch (packaged before runtimes were measured)",
+                                          "  lineage:", *format_lineage(newest)]
     assert f"data_root_hash: {DATA_HASH}" in blocks[0] and "trigger:        drift" in blocks[0]
     assert blocks[1].startswith(f"previous 1: {old}") and "gate:          forced" in blocks[1]
     assert f"git_commit:     {'1' * 40}\n" in blocks[1]

@@ -15,10 +15,11 @@ from tasks import monitor
 from tasks.common.config import UserError
 from tasks.data.images import open_rgb
 from tasks.model.backbones import create_backbone, pooled_features
-from tasks.model.bundle import fit_projection, load_bundle, save_bundle
+from tasks.model.bundle import fit_projection, save_bundle
 from tasks.model.transforms import eval_transform
 from tasks.monitoring import drift, traffic
 from tasks.monitoring.features import profile_images
+from tasks.model.served import load_classifier
 from tests.conftest import make_params, write_image_set
 
 pytestmark = pytest.mark.monitoring
@@ -78,7 +79,7 @@ def workdir(prepared: Path, tmp_path: Path) -> Path:
 
 def log_traffic(workdir: Path, traffic_dir: str, images: list[Image.Image], torn_line: bool = True) -> int:
     """Profile the images and log them as the service would (with one unreadable line)."""
-    rows = profile_images(load_bundle(workdir / "models"), images)
+    rows = profile_images(load_classifier(workdir / "models"), images)
     log = workdir / traffic_dir / "image_traffic" / "data" / "data.1.log"
     log.parent.mkdir(parents=True)
     lines = [json.dumps({**row, "timestamp": "2025-01-01T00:00:00", "request_id": str(i)}) for i, row in enumerate(rows)]

@@ -19,7 +19,7 @@ from prefect.events.worker import EventsWorker
 from flows.events import DRIFT_EVENT
 from flows.monitor import monitor
 from tasks.data.images import open_rgb
-from tasks.model.bundle import load_bundle
+from tasks.model.served import load_classifier
 from tasks.monitoring.features import profile_images
 from tasks.monitoring.windows import read_windows
 from tests.conftest import PROJECT_ROOT, write_image_set
@@ -44,7 +44,7 @@ def project(tmp_path_factory, prefect_server) -> Path:
 
 def log_traffic(root: Path, images: list[Image.Image]) -> None:
     """Append the images' feature rows to the traffic log as the service writes them (local time)."""
-    rows = profile_images(load_bundle(root / "models"), images)
+    rows = profile_images(load_classifier(root / "models"), images)
     log = root / "data/traffic/image_classifier/data/data.1.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().isoformat()

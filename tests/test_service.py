@@ -6,6 +6,7 @@ two very different classes, the package stage, then the Bento served on 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -26,11 +27,11 @@ from tasks.common.config import UserError, load_params
 from tasks.common.files import sha256
 from tasks.data.images import open_rgb
 from tasks.labels.queue import kept, queue_dir
-from tasks.model.bundle import load_bundle
+from tasks.model.served import load_classifier
 from tasks.model.lineage import KEYS
 from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tests.conftest import make_params, write_image_set
-from tests.serving import IMAGE_SIZE, bentoml_serve
+from tests.serving import IMAGE_SIZE, bentoml_serve, maps_library, server_processes
 
 pytestmark = pytest.mark.serving
 
@@ -90,12 +91,14 @@ def test_package_stores_model_and_bento(packaged: dict):
 
     model = bentoml.models.get(report["model_tag"])
     assert model.tag in [m.tag for m in bentoml.models.list("image-classifier")]
-    assert set(os.listdir(model.path)) >= {"model.safetensors", "model.json"}
+    workdir = packaged["workdir"]
+    runtime = json.loads((workdir / "runtime/runtime.json").read_text())  # what the evaluate stage chose
+    assert set(os.listdir(model.path)) >= {"model.safetensors", "model.json", "runtime.json", runtime["file"]}
     meta = model.info.metadata
     assert meta["metrics"]["accuracy"] == 1.0 and meta["metrics"]["macro_f1"] == 1.0
     assert meta["labels"] == ["cat", "dog"] and meta["image_size"] == IMAGE_SIZE
     assert meta["backbone"] == "tf_efficientnet_lite0"
-    workdir = packaged["workdir"]
+    assert meta["runtime"]["name"] == runtime["runtime"] and meta["runtime"]["figures"]["accuracy"] == 1.0
     assert meta["weights_sha256"] == sha256(workdir / "models/model.safetensors")
     assert meta["data_version"] == sha256(workdir / "data/split/train.csv")
     assert report["metadata"] == meta
@@ -111,6 +114,7 @@ def test_package_stores_model_and_bento(packaged: dict):
     labels = bento.info.labels
     assert labels == {"project": "imgclf-pipeline", **report["bento_labels"]}
     assert {k: labels[k] for k in KEYS} == lineage and labels["test_accuracy"] == "1.0"
+    assert labels["runtime"] == runtime["runtime"]
 
 
 def test_package_without_an_evaluated_bundle_says_what_to_run(tmp_path: Path):
@@ -145,12 +149,27 @@ def test_upload_gets_the_right_label(server: dict, samples: dict[str, Path]):
     assert [p["label"] for p in result["predictions"]] == ["dog", "cat"]  # top_k: 3 capped at 2 classes
     assert result["predictions"][0]["probability"] > 0.5
     assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1.0, abs=1e-4)
-    # Calibrated: what evaluation computes with the bundle's temperature, not the plain softmax.
-    bundle = load_bundle(server["workdir"] / "models")
-    logits = bundle.logits_and_features(bundle.preprocess([open_rgb(samples["dog"])]))[0]
-    calibrated = bundle.probabilities(logits)[0]
+    # Calibrated: the served runtime's logits divided by the bundle's temperature, not the plain softmax.
+    served = load_classifier(bentoml.models.get(body["model"]).path)
+    calibrated, _ = served.predict(served.preprocess([open_rgb(samples["dog"])]))
     assert result["predictions"][0]["probability"] == pytest.approx(calibrated.max(), abs=1e-4)
-    assert abs(calibrated.max() - logits.softmax(1).max().item()) > 0.01
+    plain, _ = dataclasses.replace(served, meta={**served.meta, "temperature": 1.0}).predict(
+        served.preprocess([open_rgb(samples["dog"])]))
+    assert abs(calibrated.max() - plain.max()) > 0.01
+
+
+def test_the_runtime_auto_chose_is_served_and_the_api_workers_load_no_pytorch(server: dict, packaged: dict):
+    chosen = json.loads((server["workdir"] / "runtime/runtime.json").read_text())
+    tag = packaged["report"]["model_tag"]
+    # ONNX Runtime measured several times faster than PyTorch here: auto takes one of its variants.
+    assert chosen["setting"] == "auto" and chosen["runtime"] in ("onnx", "onnx-int8")
+    assert packaged["report"]["metadata"]["runtime"]["name"] == chosen["runtime"]
+    assert f"loaded {tag} (runtime {chosen['runtime']})" in (server["workdir"] / "serve.log").read_text()
+
+    workers = server_processes(server["url"])
+    assert len(workers) >= 4  # the server, two API workers, the model worker
+    assert [p.pid for p in workers if maps_library(p, "libtorch")] == []
+    assert len([p for p in workers if maps_library(p, "libonnxruntime")]) == 1  # the model worker alone
 
 
 def test_two_images_in_one_request(server: dict, samples: dict[str, Path]):
@@ -273,7 +292,12 @@ def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]
     assert (cat["prediction"], dog["prediction"]) == ("cat", "dog")
     assert cat["width"] == cat["height"] == 16.0 and 0 <= cat["brightness"] <= 1
     assert 0.5 < dog["confidence"] <= 1 and cat["request_id"] == dog["request_id"]
-    assert all(isinstance(cat[f"emb_{i}"], float) for i in range(8))
+    # The embeddings drift monitoring compares are the served runtime's (ONNX Runtime here), as the
+    # monitor stage computes its reference with load_classifier too.
+    served = load_classifier(bentoml.models.get(resp.json()["model"]).path)
+    _, embeddings = served.predict(served.preprocess([open_rgb(samples["cat"]), open_rgb(samples["dog"])]))
+    logged = np.array([[row[f"emb_{i}"] for i in range(8)] for row in (cat, dog)])
+    assert served.runtime != "torch" and np.allclose(logged, embeddings, atol=1e-4)
     assert (server["traffic"] / "image_classifier" / "data").is_dir()  # under the launch folder
 
 

@@ -268,6 +268,10 @@ class GateParams(Section):
 
 class PackageParams(Section):
     model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="what runs the served network; auto: the fastest measured within max_accuracy_drop")
+    max_accuracy_drop: float = Field(
+        0.3, ge=0.0, le=100.0, description="test accuracy points auto may give up against PyTorch for speed")
 
 
 class MonitorParams(Section):

@@ -32,6 +32,7 @@ EVALUATE_DIR = Path("reports/evaluate")
 METRICS_JSON = EVALUATE_DIR / "metrics.json"
 PREDICTIONS_CSV = EVALUATE_DIR / "predictions.csv"
 REPORT_HTML = EVALUATE_DIR / "report.html"
+RUNTIME_DIR = Path("runtime")  # the serving runtime the evaluate stage chose, and its ONNX file
 
 # gate and package -> promotion (tasks/production.py), the flow
 DECISION_JSON = Path("reports/gate/decision.json")

@@ -33,8 +33,9 @@ img { max-width: 100%; border: 1px solid #eee; }
 
 
 def write_report(out: Path, bundle: Bundle, metrics: dict, per_class: pd.DataFrame, slices: pd.DataFrame,
-                 figures: dict[str, Path]) -> None:
-    """Headline metrics, per-class and per-slice tables, and every figure that exists, inlined."""
+                 runtime: dict, figures: dict[str, Path]) -> None:
+    """Headline metrics, per-class and per-slice tables, the serving runtimes, and every figure that
+    exists, inlined."""
     headline = [(name.format(top_k=metrics.get("top_k")), metrics[key]) for key, name in HEADLINE.items()
                 if key in metrics]
     worst_f1 = per_class["f1"].nsmallest(min(3, len(per_class))).max()
@@ -54,6 +55,7 @@ def write_report(out: Path, bundle: Bundle, metrics: dict, per_class: pd.DataFra
         "is a kind of image the model has not learned (brightness: mean luminance 0-255; short_side: "
         "the shorter side in pixels).</p>",
         _table(["property", "bucket", "images", "accuracy", "mean confidence"], slices.values.tolist()),
+        *_runtimes(runtime),
     ]
     for title, path in figures.items():
         if path.is_file():
@@ -63,6 +65,25 @@ def write_report(out: Path, bundle: Bundle, metrics: dict, per_class: pd.DataFra
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>Evaluation report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     out.write_text(page)
+
+
+def _runtimes(runtime: dict) -> list[str]:
+    """The runtimes measured for serving (tasks/evaluation/runtimes.py) and the one chosen."""
+    timed = runtime["timed_on"]
+    rows = [[name + (" (served)" if name == runtime["runtime"] else ""),
+             *(f.get(key, "") for key in ("accuracy", "macro_f1", "ece", "top1_agreement",
+                                         "max_probability_difference", "batch_img_s", "single_img_s"))]
+            if "error" not in f else [name, f"not made: {f['error']}", "", "", "", "", "", ""]
+            for name, f in runtime["figures"].items()]
+    return [
+        "<h2>Serving runtime</h2>",
+        f"<p class=note>Served by <b>{html.escape(runtime['runtime'])}</b>: {html.escape(runtime['reason'])}. "
+        f"Images/s: the network alone, in this process, on {timed['cpus']} CPUs ({html.escape(timed['torch_device'])} "
+        f"for PyTorch), in one batch of {timed['timed_batch']} and one image at a time; every runtime scored on "
+        "the same test images with the same preprocessing, temperature and test-time augmentation.</p>",
+        _table(["runtime", "accuracy", "macro F1", "ECE", "top-1 agreement with PyTorch",
+                "largest probability difference", "images/s (batch)", "images/s (one)"], rows),
+    ]
 
 
 def _table(header: list[str], rows: list[list], low=lambda row: False) -> str:

@@ -18,16 +18,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchvision.transforms.v2.functional import pil_to_tensor
 
-from tasks.common.config import UserError
 from tasks.model.backbones import head_logits, pooled_features, rebuild
-from tasks.model.transforms import eval_transform
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-PROJECTION_PREFIX = "embedding_projection."
-EMBEDDING_DIMS = 8  # embedding columns logged by the service and compared by drift monitoring
+from tasks.model.meta import EMBEDDING_DIMS, META_FILE, PROJECTION_PREFIX, WEIGHTS_FILE, read_meta
+from tasks.model.preprocess import preprocess_array
 
 
 @dataclass
@@ -82,20 +76,8 @@ def with_tta(logits: torch.Tensor, batch: torch.Tensor, tta: str, logits_of) -> 
 
 
 def preprocess(images: list[Image.Image], image_size: int, mean, std, crop_pct: float) -> torch.Tensor:
-    """RGB PIL images -> the normalized float batch (N, 3, S, S) the model was trained on.
-
-    Images of one size go through the transform together, as one uint8 stack: the same numbers as
-    one at a time (tests/test_preprocess.py), at a fifth of the cost for a batch of 64 small images.
-    """
-    transform = eval_transform(image_size, mean, std, crop_pct)
-    tensors = [pil_to_tensor(img) for img in images]
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for i, tensor in enumerate(tensors):
-        by_size.setdefault(tuple(tensor.shape), []).append(i)
-    out = torch.empty(len(images), 3, image_size, image_size)
-    for indices in by_size.values():
-        out[indices] = transform(torch.stack([tensors[i] for i in indices]))
-    return out
+    """RGB PIL images -> the normalized float batch (N, 3, S, S) (tasks/model/preprocess.py)."""
+    return torch.from_numpy(preprocess_array(images, image_size, mean, std, crop_pct))
 
 
 def fit_projection(features: torch.Tensor, dims: int = EMBEDDING_DIMS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,22 +97,6 @@ def save_bundle(out_dir: Path, model: nn.Module, meta: dict, projection: tuple[t
     tensors[PROJECTION_PREFIX + "mean"], tensors[PROJECTION_PREFIX + "components"] = projection
     save_file(tensors, str(out_dir / WEIGHTS_FILE))
     (out_dir / META_FILE).write_text(json.dumps({**meta, "embedding_dims": EMBEDDING_DIMS}, indent=2))
-
-
-def read_meta(bundle_dir: str | Path) -> dict:
-    """The JSON sidecar alone (labels, input size, mean/std, crop), for code that never runs the model."""
-    bundle_dir = Path(bundle_dir)
-    if not (bundle_dir / META_FILE).is_file() or not (bundle_dir / WEIGHTS_FILE).is_file():
-        raise UserError(f"no model bundle in {bundle_dir}; run the train stage first (dvc repro train)")
-    try:
-        meta = json.loads((bundle_dir / META_FILE).read_text())
-    except ValueError:
-        raise UserError(f"{bundle_dir / META_FILE} is not valid JSON; train again (dvc repro train)") from None
-    meta.setdefault("crop_pct", 1.0)  # bundles from before the key resized straight to image_size
-    meta.setdefault("background", [255, 255, 255])  # and composited transparency on white
-    meta.setdefault("temperature", 1.0)  # and were not calibrated
-    meta.setdefault("tta", "none")
-    return meta
 
 
 def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:

@@ -20,7 +20,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from tasks.model.export import INPUT
+from tasks.model.served import INPUT
 
 
 class _Batches(CalibrationDataReader):

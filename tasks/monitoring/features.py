@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from tasks.common.config import UserError
 from tasks.data.images import image_stats, open_rgb
-from tasks.model.bundle import EMBEDDING_DIMS, Bundle
+from tasks.model.meta import EMBEDDING_DIMS
+from tasks.model.served import Classifier
 
 STAT_COLUMNS = ["brightness", "contrast", "sharpness", "width", "height"]
 EMBEDDING_COLUMNS = [f"emb_{i}" for i in range(EMBEDDING_DIMS)]
@@ -37,11 +38,10 @@ def feature_rows(images: list[Image.Image], probs: np.ndarray, embeddings: np.nd
     return rows
 
 
-def profile_images(bundle: Bundle, images: list[Image.Image]) -> list[dict]:
-    """Run the model on RGB images and return their feature rows."""
-    logits, features = bundle.logits_and_features(bundle.preprocess(images))
-    probs = bundle.probabilities(logits)  # calibrated, as the service logs them
-    return feature_rows(images, probs, bundle.project(features), bundle.labels)
+def profile_images(classifier: Classifier, images: list[Image.Image]) -> list[dict]:
+    """Run the model, in its served runtime, on RGB images and return their feature rows."""
+    probs, embeddings = classifier.predict(classifier.preprocess(images))  # calibrated, as the service logs them
+    return feature_rows(images, probs, embeddings, classifier.labels)
 
 
 def open_split_image(workdir: Path, file: str):
@@ -52,13 +52,13 @@ def open_split_image(workdir: Path, file: str):
     return open_rgb(path)
 
 
-def profile_split(bundle: Bundle, workdir: Path, split: pd.DataFrame, desc: str) -> pd.DataFrame:
+def profile_split(classifier: Classifier, workdir: Path, split: pd.DataFrame, desc: str) -> pd.DataFrame:
     """Feature rows of every image of a split, computed in batches exactly as the service does."""
     rows = []
     with tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=None) as bar:
         for start in range(0, len(split), BATCH_SIZE):
             files = split["file"].iloc[start:start + BATCH_SIZE].tolist()
-            rows.extend(profile_images(bundle, [open_split_image(workdir, f) for f in files]))
+            rows.extend(profile_images(classifier, [open_split_image(workdir, f) for f in files]))
             bar.update(len(files))
     profile = pd.DataFrame(rows, columns=LOGGED_COLUMNS)
     return profile.assign(label=split["label"].to_numpy(), file=split["file"].to_numpy())
