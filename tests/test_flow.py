@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from dvc.repo import Repo
@@ -18,7 +20,9 @@ from prefect.client.orchestration import get_client
 
 from flows.pipeline import pipeline
 from tasks.common.paths import POINTER
+from tasks.data.images import open_rgb
 from tasks.model.registry import current_model
+from tasks.model.served import load_classifier
 from tests.projects import Trained, copy_trained, new_project, set_params
 from tests.serving import production_serve
 
@@ -79,6 +83,12 @@ def test_the_flow_runs_every_stage_promotes_and_pushes(trained: Trained):
     decision = json.loads((repo / "reports/gate/decision.json").read_text())
     assert decision["challenger"]["runtime"]["name"] == runtime["runtime"] == package["metadata"]["runtime"]["name"]
     assert "Serving runtime" in (repo / "reports/evaluate/report.html").read_text()
+    # The monitor stage's reference embeddings are the served runtime's, as the service logs them.
+    reference = pd.read_csv(repo / "reports/monitor/reference.csv")
+    served = load_classifier(repo / "models", repo / "runtime")
+    _, embeddings = served.predict(served.preprocess([open_rgb(repo / f) for f in reference["file"]]))
+    assert served.runtime == runtime["runtime"]
+    assert np.allclose(reference[[f"emb_{i}" for i in range(8)]].to_numpy(), embeddings, atol=1e-4)
 
 
 @pytest.mark.slow(reason="starts a second server (make test's serving tests have one)")
@@ -132,8 +142,9 @@ def assert_code_edits_change_only_the_stages_that_run_them(repo: Path) -> None:
         # monitor -> monitoring/features -> data/images (image_stats: the drift report's columns)
         "tasks/data/images.py": {"validate", "clean", "split", "label_quality", "augment", "train", "evaluate",
                                  "gate", "package", "monitor"},
-        # monitor and gate -> model/bundle -> model/transforms (how every image is preprocessed)
-        "tasks/model/transforms.py": {"label_quality", "augment", "train", "evaluate", "gate", "package", "monitor"},
+        # how every image is preprocessed: monitor -> model/served -> model/preprocess; package through
+        # service/service.py; train, evaluate, gate and label_quality through model/bundle
+        "tasks/model/preprocess.py": {"label_quality", "train", "evaluate", "gate", "package", "monitor"},
         # gate -> model/registry; package through service/service.py (the production pointer)
         "tasks/model/registry.py": {"gate", "package"},
     }

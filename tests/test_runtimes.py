@@ -72,6 +72,17 @@ def test_a_corrupted_onnx_file_falls_back_to_the_pytorch_weights_and_says_why(ev
     assert np.allclose(probs, bundle.predict_proba(bundle.preprocess(images)), atol=1e-5)
 
 
+def test_every_runtime_was_scored_and_timed_and_int8_kept_the_accuracy(evaluated: Path):
+    record = json.loads((evaluated / "runtime/runtime.json").read_text())
+    figures = record["figures"]
+
+    assert set(figures) == {"torch", "onnx", "onnx-int8"}
+    assert all(f["batch_img_s"] > 0 and f["single_img_s"] > 0 for f in figures.values())
+    assert figures["onnx"]["top1_agreement"] == 1.0 and figures["onnx"]["max_probability_difference"] < 1e-3
+    assert figures["onnx-int8"]["accuracy"] >= figures["torch"]["accuracy"] - 0.003  # within the 0.3-point budget
+    assert record["runtime"] == choose(figures, "auto", 0.3)[0] and (evaluated / "runtime" / record["file"]).is_file()
+
+
 def test_the_served_runtime_keeps_the_bundles_answers_and_embeddings_close(evaluated: Path, tmp_path: Path):
     folder = served_folder(evaluated, tmp_path / "model")
     images = [open_rgb(p) for p in sorted((evaluated / "images").rglob("*.png"))]

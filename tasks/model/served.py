@@ -46,6 +46,8 @@ class OnnxNetwork:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's choice, every core
+        if threads:  # a share of the machine (the model worker): idle threads must not spin on the others' cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # its warnings are about graph rewrites, not about this model
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
