@@ -103,6 +103,7 @@ logger = logging.getLogger("bentoml.image_classifier")
 
 limit_heap_growth()
 MODEL_TAG = model_tag()
+FORCED_RUNTIME = forced_runtime()  # checked here: a wrong value stops `bentoml serve` at once
 
 
 # ---------------------------------------------------------------- services
@@ -130,7 +131,7 @@ class ClassifierModel:
         classifier = self.models.get(tag)
         if classifier is None:
             path = self.bento_model.path if tag == str(self.bento_model.tag) else model_path(tag)
-            classifier = load_classifier(path, threads=model_threads(), runtime=forced_runtime())
+            classifier = load_classifier(path, threads=model_threads(), runtime=FORCED_RUNTIME)
             if classifier.fallback:
                 logger.warning("%s: %s", tag, classifier.fallback)
             size = int(classifier.meta["image_size"])

@@ -13,7 +13,7 @@ import bentoml
 import psutil
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is used)
-from tasks.common.config import UserError, load_params
+from tasks.common.config import load_params
 from tasks.common.paths import POINTER, STORE_ARCHIVES
 from tasks.model.registry import FOLLOW_ENV, check_in_store, current_model
 
@@ -83,7 +83,7 @@ def forced_runtime() -> str | None:
     with (to compare, or to rule the runtime out); unset: the packaged runtime."""
     value = os.environ.get(RUNTIME_ENV) or None
     if value not in (None, "torch"):
-        raise UserError(f"{RUNTIME_ENV}={value}: only torch can be forced; unset it to serve the packaged runtime")
+        raise RuntimeError(f"{RUNTIME_ENV}={value!r}: only torch can be forced; unset it to serve the packaged runtime")
     return value
 
 

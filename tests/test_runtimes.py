@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.settings import RUNTIME_ENV, forced_runtime
 from tasks.common.config import UserError
 from tasks.data.images import open_rgb
 from tasks.evaluation.runtimes import choose
@@ -36,7 +37,7 @@ def test_a_named_runtime_is_taken_even_outside_the_budget_and_one_that_could_not
     measured["onnx"] = {"error": "UnsupportedOperatorError: aten::foo"}
 
     name, reason = choose(measured, "onnx-int8", 0.3)
-    assert name == "onnx-int8" and "10.00 points below" in reason
+    assert name == "onnx-int8" and reason == "package.runtime is onnx-int8 (test accuracy 10.00 points below PyTorch's)"
     with pytest.raises(UserError, match=r"^package.runtime is onnx, which cannot be made for this model "
                                         r"\(UnsupportedOperatorError: aten::foo\); set package.runtime: auto or torch$"):
         choose(measured, "onnx", 0.3)
@@ -102,3 +103,13 @@ def test_a_runtime_json_naming_an_unknown_runtime_is_one_line(evaluated: Path, t
     with pytest.raises(UserError, match=r"runtime.json names runtime 'tensorrt', not one of torch, onnx, onnx-int8; "
                                         r"run the evaluate stage again \(dvc repro evaluate\)$"):
         load_classifier(folder)
+
+
+def test_only_pytorch_can_be_forced_on_the_service(monkeypatch):
+    monkeypatch.setenv(RUNTIME_ENV, "torch")
+    assert forced_runtime() == "torch"
+    monkeypatch.setenv(RUNTIME_ENV, "onnx")
+    with pytest.raises(RuntimeError, match=r"^IMAGE_CLASSIFIER_RUNTIME='onnx': only torch can be forced; unset it"):
+        forced_runtime()
+    monkeypatch.delenv(RUNTIME_ENV)
+    assert forced_runtime() is None

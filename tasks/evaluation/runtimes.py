@@ -85,7 +85,8 @@ def choose(figures: dict, setting: str, max_drop: float) -> tuple[str, str]:
             raise UserError(f"package.runtime is {setting}, which cannot be made for this model "
                             f"({figures[setting]['error']}); set package.runtime: auto or torch")
         drop = 100 * (baseline - figures[setting]["accuracy"])
-        return setting, f"package.runtime is {setting} (test accuracy {drop:+.2f} points below PyTorch's)"
+        side = "below" if drop >= 0 else "above"
+        return setting, f"package.runtime is {setting} (test accuracy {abs(drop):.2f} points {side} PyTorch's)"
     within = {name: f for name, f in figures.items()
               if "error" not in f and 100 * (baseline - f["accuracy"]) <= max_drop + 1e-9}
     best = max(within, key=lambda name: within[name]["batch_img_s"])
