@@ -24,7 +24,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from tasks.common.config import load_params  # noqa: E402
 from tasks.common.paths import MODEL_DIR  # noqa: E402
 from tasks.data.images import open_rgb  # noqa: E402
 from tasks.data.splits import read_split  # noqa: E402
+from tasks.evaluation.runtimes import rate  # noqa: E402
 from tasks.model.bundle import load_bundle  # noqa: E402
 from tasks.model.export import export_onnx  # noqa: E402
 from tasks.model.quantize import quantize_dynamic_int8, quantize_static_int8  # noqa: E402
@@ -49,16 +49,6 @@ def images_of(workdir: Path, split: str, bundle, limit: int | None = None) -> tu
         frame = frame.sample(n=min(limit, len(frame)), random_state=0)
     batch = bundle.preprocess([open_rgb(workdir / f) for f in frame["file"]])
     return batch, np.array([bundle.labels.index(label) for label in frame["label"]])
-
-
-def rate(run, batch: torch.Tensor, seconds: float) -> float:
-    """Images per second of `run` on `batch`, after one warm-up call."""
-    run(batch)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        run(batch)
-        done += len(batch)
-    return done / (time.perf_counter() - start)
 
 
 class TensorsIn:

@@ -28,9 +28,9 @@ from tasks.common.files import sha256
 from tasks.common.paths import MODEL_DIR, POINTER, STORE_ARCHIVES, split_csv
 from tasks.data.splits import read_split
 from tasks.model.registry import check_in_store, model_dir, read_pointer
+from tasks.model.served import load_classifier
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
-from tasks.model.served import load_classifier
 from tasks.monitoring.traffic import read_traffic
 from tasks.monitoring.windows import (
     DRIFT,

@@ -23,10 +23,10 @@ from tasks.common.config import Params
 from tasks.common.paths import MODEL_DIR, RUNTIME_DIR
 from tasks.data.splits import read_split
 from tasks.model.device import pick_device
+from tasks.model.served import Classifier, load_classifier
 from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
 from tasks.monitoring.traffic import read_traffic
-from tasks.model.served import Classifier, load_classifier
 
 REPORT_DIR = Path("reports/monitor")
 REFERENCE_CSV = REPORT_DIR / "reference.csv"

@@ -30,9 +30,9 @@ from tasks.common.cli import run_stage
 from tasks.common.config import Params, UserError
 from tasks.common.files import sha256
 from tasks.common.paths import METRICS_JSON, MODEL_DIR, PACKAGE_JSON, RUNTIME_DIR, split_csv
+from tasks.model.lineage import bento_labels, collect_lineage
 from tasks.model.meta import META_FILE, WEIGHTS_FILE, read_meta
 from tasks.model.served import RUNTIME_JSON, read_runtime
-from tasks.model.lineage import bento_labels, collect_lineage
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
 BENTOFILE = "service/bentofile.yaml"

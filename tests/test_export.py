@@ -11,8 +11,8 @@ from tasks.common.config import UserError
 from tasks.data.images import open_rgb
 from tasks.model.bundle import load_bundle
 from tasks.model.export import export_onnx, parity
-from tasks.model.served import OnnxNetwork
 from tasks.model.quantize import quantize_dynamic_int8, quantize_static_int8
+from tasks.model.served import OnnxNetwork
 from tests.serving import write_evaluated_bundle
 
 pytestmark = pytest.mark.serving

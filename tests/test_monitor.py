@@ -16,10 +16,10 @@ from tasks.common.config import UserError
 from tasks.data.images import open_rgb
 from tasks.model.backbones import create_backbone, pooled_features
 from tasks.model.bundle import fit_projection, save_bundle
+from tasks.model.served import load_classifier
 from tasks.model.transforms import eval_transform
 from tasks.monitoring import drift, traffic
 from tasks.monitoring.features import profile_images
-from tasks.model.served import load_classifier
 from tests.conftest import make_params, write_image_set
 
 pytestmark = pytest.mark.monitoring

@@ -27,8 +27,8 @@ from tasks.common.config import UserError, load_params
 from tasks.common.files import sha256
 from tasks.data.images import open_rgb
 from tasks.labels.queue import kept, queue_dir
-from tasks.model.served import load_classifier
 from tasks.model.lineage import KEYS
+from tasks.model.served import load_classifier
 from tasks.monitoring.features import FEATURE_COLUMNS, PREDICTION_COLUMNS
 from tests.conftest import make_params, write_image_set
 from tests.serving import IMAGE_SIZE, bentoml_serve, maps_library, server_processes

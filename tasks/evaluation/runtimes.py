@@ -135,14 +135,14 @@ def _scores(probs: np.ndarray, torch_probs: np.ndarray, targets: np.ndarray, lab
 
 
 def _speed(run: Callable[[torch.Tensor], object], batch: torch.Tensor) -> dict:
-    return {"batch_img_s": round(_rate(run, batch), 1), "single_img_s": round(_rate(run, batch[:1]), 1)}
+    return {"batch_img_s": round(rate(run, batch), 1), "single_img_s": round(rate(run, batch[:1]), 1)}
 
 
-def _rate(run: Callable[[torch.Tensor], object], batch: torch.Tensor) -> float:
+def rate(run: Callable[[torch.Tensor], object], batch: torch.Tensor, seconds: float = TIMING_S) -> float:
     """Images per second of `run` on `batch`, after one warm-up call."""
     run(batch)
     done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < TIMING_S:
+    while time.perf_counter() - start < seconds:
         run(batch)
         done += len(batch)
     return done / (time.perf_counter() - start)
