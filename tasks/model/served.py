@@ -119,7 +119,8 @@ def load_classifier(model_dir: str | Path, runtime_dir: str | Path | None = None
                     device: str | None = None, runtime: str | None = None) -> Classifier:
     """The model of `model_dir` in the runtime `runtime_dir` (default: model_dir) names, else in PyTorch.
 
-    `threads`: the CPU threads of either runtime (0: the runtime's default). `device`: PyTorch's, when
+    `threads`: the CPU threads of either runtime (0: the runtime's default); for PyTorch that is the
+    whole process's count (torch.set_num_threads), as the model worker wants. `device`: PyTorch's, when
     PyTorch runs (default: CUDA if there is one). `runtime="torch"`: PyTorch whatever was chosen."""
     model_dir = Path(model_dir)
     runtime_dir = Path(runtime_dir or model_dir)
