@@ -67,7 +67,10 @@ def reference_profile(root: Path, ops_home: Path, model: str, bundle_dir: Path) 
     cache = ops_home / "monitor" / "reference" / name
     if cache.is_file():  # labels stay text: digits' "7" must not come back as the number 7
         return pd.read_csv(cache, dtype={"prediction": str})
-    profile = profile_split(load_classifier(bundle_dir), root, read_split(root, "val"), "profile val")
+    classifier = load_classifier(bundle_dir)
+    if classifier.fallback:
+        get_run_logger().warning("monitor: %s: %s", model, classifier.fallback)
+    profile = profile_split(classifier, root, read_split(root, "val"), "profile val")
     cache.parent.mkdir(parents=True, exist_ok=True)
     profile.to_csv(cache, index=False)
     return profile

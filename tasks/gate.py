@@ -33,8 +33,8 @@ from tasks.data.splits import read_split
 from tasks.evaluation.predict import predict_files
 from tasks.model.bundle import WEIGHTS_FILE, load_bundle
 from tasks.model.device import pick_device
-from tasks.model.registry import check_in_store, read_pointer
-from tasks.model.served import read_runtime
+from tasks.model.registry import check_in_store, model_metadata, read_pointer
+from tasks.model.served import RUNTIME_JSON, read_runtime
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -93,30 +93,27 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     else:
         champion_correct = score_champion(champion["model"], test, workdir, params)
         decision = decide(challenger_correct, champion_correct, params.gate.margin, params.gate.alpha)
-    decision["challenger"] = {"weights_sha256": challenger_sha, "runtime": served_runtime(workdir / RUNTIME_DIR)}
+    if not (workdir / RUNTIME_DIR / RUNTIME_JSON).is_file():
+        raise UserError(f"{RUNTIME_DIR / RUNTIME_JSON} not found; run dvc repro evaluate first")
+    chosen = read_runtime(workdir / RUNTIME_DIR)
+    decision["challenger"] = {"weights_sha256": challenger_sha, "runtime": {
+        "name": chosen["runtime"], "accuracy": chosen["figures"][chosen["runtime"]]["accuracy"],
+        "reason": chosen["reason"]}}
     decision["champion"] = None if champion is None else {
         "model": champion["model"], "weights_sha256": champion["weights_sha256"],
-        "runtime": served_runtime(model_path(champion["model"]))}
+        "runtime": champion_runtime(champion["model"])}
     (workdir / DECISION_JSON).parent.mkdir(parents=True, exist_ok=True)
     (workdir / DECISION_JSON).write_text(json.dumps(decision, indent=2))
     return {"verdict": decision["verdict"], "reasons": decision["reasons"]}
 
 
-def served_runtime(folder: str | Path | None) -> dict | None:
-    """The runtime a model is (to be) served with, and its test accuracy there (tasks/evaluation/runtimes.py);
-    None for a model not in this store."""
-    if folder is None:
+def champion_runtime(tag: str) -> dict | None:
+    """The runtime the production model is served with and its test accuracy there, as packaged; None
+    for a model not in this store or packaged before runtimes were measured."""
+    runtime = (model_metadata(tag) or {}).get("runtime")
+    if not runtime:
         return None
-    chosen = read_runtime(folder)
-    figures = chosen.get("figures", {}).get(chosen["runtime"], {})
-    return {"name": chosen["runtime"], "accuracy": figures.get("accuracy"), "reason": chosen.get("reason", "")}
-
-
-def model_path(tag: str) -> str | None:
-    try:
-        return bentoml.models.get(tag).path
-    except bentoml.exceptions.NotFound:
-        return None
+    return {"name": runtime["name"], "accuracy": runtime["figures"]["accuracy"], "reason": runtime["reason"]}
 
 
 def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) -> np.ndarray:

@@ -72,11 +72,12 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "reference_rows": len(reference),
         "current_rows": len(current),
         "detector": params.monitor.detector,
+        "runtime": classifier.runtime + (f": {classifier.fallback}" if classifier.fallback else ""),
         **drift,
     }
     write_reports(workdir, snapshot, summary)
     return {key: summary[key] for key in (
-        "source", "reference_rows", "current_rows", "skipped_lines",
+        "source", "runtime", "reference_rows", "current_rows", "skipped_lines",
         "dataset_drift", "verdict", "drifted_columns",
     )}
 

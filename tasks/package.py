@@ -61,11 +61,10 @@ def save_model(name: str, bundle_dir: Path, runtime_dir: Path, metadata: dict) -
     """Copy the bundle's two files and its runtime's into a new version of model `name` in the model store."""
     labels = {"backbone": str(metadata["backbone"]), "runtime": metadata["runtime"]["name"],
               "source": "imgclf-pipeline"}
-    runtime = read_runtime(runtime_dir)
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for file in (WEIGHTS_FILE, META_FILE):
             shutil.copy2(bundle_dir / file, model.path_of(file))
-        for file in (RUNTIME_JSON, runtime["file"]):
+        for file in (RUNTIME_JSON, metadata["runtime"]["file"]):
             if file:
                 shutil.copy2(runtime_dir / file, model.path_of(file))
     return bentoml.models.get(model.tag)
@@ -78,8 +77,8 @@ def runtime_summary(runtime_dir: Path) -> dict:
     chosen = read_runtime(runtime_dir)
     if chosen["file"] and not (runtime_dir / chosen["file"]).is_file():
         raise UserError(f"{runtime_dir / chosen['file']} not found; {FIX}")
-    return {"name": chosen["runtime"], "reason": chosen["reason"], "figures": chosen["figures"][chosen["runtime"]],
-            "pytorch": chosen["figures"]["torch"]}
+    return {"name": chosen["runtime"], "file": chosen["file"] or "", "reason": chosen["reason"],  # BentoML: no None
+            "figures": chosen["figures"][chosen["runtime"]], "pytorch": chosen["figures"]["torch"]}
 
 
 def build_bento(model: bentoml.Model, labels: dict[str, str] | None = None) -> str:

@@ -33,11 +33,12 @@ import torch
 
 from tasks.common.config import UserError
 from tasks.data.images import open_rgb
+from tasks.evaluation.calibration import softmax
 from tasks.evaluation.metrics import classification_metrics
 from tasks.model.bundle import Bundle
 from tasks.model.export import export_onnx
 from tasks.model.quantize import quantize_static_int8
-from tasks.model.served import RUNTIME_JSON, OnnxNetwork, softmax
+from tasks.model.served import RUNTIME_JSON, OnnxNetwork
 
 CALIBRATION_IMAGES = 256
 TIMED_BATCH = 64
@@ -68,12 +69,12 @@ def measure_runtimes(bundle: Bundle, test_files: list[Path], targets: np.ndarray
         for name in wanted:
             if name not in made:
                 figures[name] = {"error": f"{type(err).__name__}: {reason}"}
-    for name, path in ((name, made[name]) for name in wanted if name in made):
-        network = OnnxNetwork(path)
-        probs = _probabilities(network, bundle, test_files, batch_size)
+    networks = {name: OnnxNetwork(made[name]) for name in wanted if name in made}
+    for name, probs in _probabilities(networks, bundle, test_files, batch_size).items():
+        network = networks[name]
         figures[name] = {**_scores(probs, torch_probs, targets, bundle.labels, bins),
                          **_speed(lambda b: network.logits_and_features(b.numpy(), bundle.tta), timed),
-                         "file_mb": round(path.stat().st_size / 2**20, 2)}
+                         "file_mb": round(made[name].stat().st_size / 2**20, 2)}
     return figures, made
 
 
@@ -117,12 +118,15 @@ def write_runtime(out_dir: Path, chosen: str, reason: str, setting: str, max_dro
     return record
 
 
-def _probabilities(network: OnnxNetwork, bundle: Bundle, files: list[Path], batch_size: int) -> np.ndarray:
-    parts = []
+def _probabilities(networks: dict[str, OnnxNetwork], bundle: Bundle, files: list[Path], batch_size: int
+                   ) -> dict[str, np.ndarray]:
+    """Each network's calibrated test probabilities, as evaluate computes PyTorch's; images decoded once."""
+    parts = {name: [] for name in networks}
     for start in range(0, len(files), batch_size):
         batch = bundle.preprocess([open_rgb(f) for f in files[start:start + batch_size]]).numpy()
-        parts.append(softmax(network.logits_and_features(batch, bundle.tta)[0] / bundle.temperature))
-    return np.concatenate(parts)
+        for name, network in networks.items():
+            parts[name].append(softmax(network.logits_and_features(batch, bundle.tta)[0], bundle.temperature))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def _scores(probs: np.ndarray, torch_probs: np.ndarray, targets: np.ndarray, labels: list[str], bins: int) -> dict:

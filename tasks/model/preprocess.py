@@ -3,8 +3,8 @@
 Resize the short side to S / crop_pct (bilinear, antialiased), centre-crop S x S, scale to [0, 1],
 normalize with the backbone's mean and std: torchvision's `eval_transform` (tasks/model/transforms.py),
 computed with Pillow and NumPy so that the service's API workers need no PyTorch. Pillow's resampling
-is the one torchvision's antialiased kernel was written to match; the two differ by at most one
-intensity level in a pixel (tests/test_preprocess.py). Evaluation, monitoring and the service all
+is the one torchvision's antialiased kernel was written to match; the two round differently, by at
+most two intensity levels in a pixel (tests/test_preprocess.py). Evaluation, monitoring and the service all
 preprocess here, so they see identical numbers.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ written by the evaluate stage: the runtime chosen by measurement (tasks/evaluati
 its ONNX file. ONNX Runtime then runs the network, and PyTorch is never imported: the service's
 processes stay small. With no runtime.json, or `"runtime": "torch"`, the bundle's PyTorch weights run.
 A runtime that cannot be loaded (a missing or corrupted file, an onnxruntime that refuses it) falls
-back to the PyTorch weights, and the log says why in one line.
+back to the PyTorch weights; `Classifier.fallback` says why in one line, for the caller to log.
 
 Everything around the network is the bundle's, computed here in NumPy: the preprocessing
 (tasks/model/preprocess.py), test-time augmentation, the calibration temperature and the embedding
@@ -17,7 +17,6 @@ are its runtime's, whichever process computes them (the service, the monitor sta
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,7 +33,6 @@ RUNTIME_JSON = "runtime.json"
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # what package.runtime may name, besides auto
 INPUT, OUTPUTS = "images", ["logits", "features"]  # the exported graph's names (tasks/model/export.py)
 
-logger = logging.getLogger(__name__)
 Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # batch -> logits, features
 
 
@@ -133,7 +131,6 @@ def load_classifier(model_dir: str | Path, runtime_dir: str | Path | None = None
             network = OnnxNetwork(runtime_dir / chosen["file"], threads)
         except UserError as err:
             fallback = f"{chosen['runtime']} cannot be used ({err}); running the PyTorch weights instead"
-            logger.warning("%s: %s", model_dir, fallback)
         else:
             return Classifier(meta, lambda batch: network.logits_and_features(batch, meta["tta"]), mean, components,
                               chosen["runtime"])
