@@ -34,7 +34,7 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --fail-on-skip --durations=25 $(ARGS)
 
-# The operations stack: Prefect server + deployments + worker, Evidently UI (README, "Operating it").
+# The operations stack: Prefect server + deployments + worker, Evidently UI (docs/operations.md).
 ops: install
 	$(BIN)/python -m flows.ops
 

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.common.parallel import cpu_count, map_chunks  # noqa: E402
+from tasks.common.parallel import map_chunks  # noqa: E402
+from tasks.common.threads import available_cores  # noqa: E402
 from tasks.data.duplicates import duplicate_groups  # noqa: E402
 from tasks.data.layout import list_entries  # noqa: E402
 from tasks.data.manifest import build_manifest  # noqa: E402
@@ -94,14 +95,17 @@ def bench(kind: str, n: int, scratch: Path, workers: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    parser.add_argument("--workers", type=int, default=cpu_count())
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/data_throughput.py",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000],
+                        help="images of each kind, one run per size")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
+                        help="png: small 64x64 PNGs; jpeg: 1024x768 photo-like JPEGs")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="processes (default: every core)")
     parser.add_argument("--scratch", type=Path, help="folder for the generated images (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated images for another run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="data_throughput_"))
     try:
         for kind in args.kinds:

@@ -297,18 +297,19 @@ def markdown(rows: list[dict], sizes: list[int], detector: str) -> str:
             f"not mild):\n\n{summary(rows, sizes)}\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/drift_power.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500], help="window sizes (images)")
     parser.add_argument("--windows", type=int, default=20, help="windows per shifted kind and size")
     parser.add_argument("--unshifted", type=int, default=100, help="unshifted windows per size")
     parser.add_argument("--images", type=int, default=3500, help="pictures the model is trained, validated and tested on")
     parser.add_argument("--pool", type=int, default=3200, help="held-out pictures the windows are drawn from")
     parser.add_argument("--check", type=int, default=2, help="windows per kind and size judged by the monitor's code too")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="pictures, split, shifts and windows")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--quick", action="store_true", help="a small, short run: a smoke test, not figures")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.windows, args.unshifted, args.images, args.pool, args.check = [100], 3, 3, 600, 800, 1
     monitor = make_params().monitor

@@ -371,13 +371,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["suspects", "uncertainty"], required=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/label_quality.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["suspects", "uncertainty"], required=True,
+                        help="suspects: planted flips found (A); uncertainty: a review budget spent (B)")
     parser.add_argument("--sets", nargs="+", choices=["digits", "lookalikes"], default=None,
                         help="default: both for suspects, digits for uncertainty")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--strategies", nargs="+", choices=["full", "linear_probe", "gradual"], default=["full", "linear_probe"])
+    parser.add_argument("--folds", type=int, default=5, help="labels.folds: models of the out-of-fold probabilities")
+    parser.add_argument("--strategies", nargs="+", choices=["full", "linear_probe", "gradual"],
+                        default=["full", "linear_probe"], help="labels.strategy of the fold models")
     parser.add_argument("--epochs", type=int, nargs="+", default=[2, 4], help="epochs of each fold model")
     parser.add_argument("--flips", type=float, default=None, help="share of flipped labels (default 0.05 digits, 0.08 lookalikes)")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[42], help="train.seed of the accuracy runs")
@@ -386,12 +388,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[3000], help="look-alike set sizes (images)")
     parser.add_argument("--faintest", type=float, default=0.3, help="look-alikes: weakest detail strength (0-1)")
     parser.add_argument("--labelled", type=float, default=0.15, help="uncertainty: labelled share of the images")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200],
+                        help="uncertainty: images given their true labels (N)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random selections")
     parser.add_argument("--seed", type=int, default=0, help="data, split and flips")
     parser.add_argument("--quick", action="store_true", help="a smoke test: small sets, short runs")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.sets = args.sets or (["digits", "lookalikes"] if args.part == "suspects" else ["digits"])
     if args.quick:
         args.sizes, args.folds, args.epochs, args.strategies = [600], 3, [1], args.strategies[:1]

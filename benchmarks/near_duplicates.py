@@ -231,12 +231,13 @@ def bench(kind: str, size: int, families: int, scratch: Path) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", choices=["digits", "lookalikes"], default=["digits", "lookalikes"])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 28, 32, 64])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/near_duplicates.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", choices=["digits", "lookalikes"], default=["digits", "lookalikes"],
+                        help="digits: upscaled digit scans; lookalikes: garment-like silhouettes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 28, 32, 64], help="image sides (px)")
     parser.add_argument("--families", type=int, default=150, help="look-alike families (7 originals each)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         for kind in args.sets:
             for size in args.sizes:

@@ -200,13 +200,13 @@ def month(root: Path, home: Path, days: int, per_hour: int) -> list[dict]:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--days", type=int, default=30)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/ops_bookkeeping.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=30, help="days of hourly monitor windows to simulate")
     parser.add_argument("--per-hour", type=int, default=100, help="logged images per hourly window")
     parser.add_argument("--images", type=int, default=10_000, help="files under data.root for the check")
     parser.add_argument("--flow-runs", type=int, default=200, help="checks run as flow runs to measure their cost")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="ops-bookkeeping-"))
     try:
         root = scratch_project(base, args.images)

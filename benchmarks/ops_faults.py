@@ -18,6 +18,7 @@ Prints one JSON line per fault and a last line with every check's outcome. About
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -192,7 +193,9 @@ def disk_full(root: Path, service: str) -> dict:
         subprocess.run(["umount", str(monitor_dir)], check=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/ops_faults.py", description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="ops-faults-"))
     ports = {name: free_port() for name in ("prefect_port", "evidently_port", "service_port", "label_studio_port")}
     root = new_project(base / "project", code=("tasks", "flows", "service"), ops=ports,

@@ -73,14 +73,14 @@ def probe_at(size: int, workdir: Path, scratch: Path) -> Path:
     return scratch / MODEL_DIR
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/runtimes.py", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("."), help="a project that ran the pipeline")
     parser.add_argument("--image-size", type=int, default=None, help="train a linear probe at this size first")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per runtime and batch size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for PyTorch and ONNX Runtime")
     parser.add_argument("--calibration", type=int, default=256, help="training images for static int8")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -174,18 +174,18 @@ def serve(bento: str, runtime: str, port: int, traffic_dir: str, max_in_flight: 
     raise SystemExit(f"bentoml serve {bento} was not ready within 120 s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/serve_throughput.py", description=__doc__.split("\n")[0])
     parser.add_argument("--bento", help="Bento tag (default: the production Bento of deploy/production.json)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per served case")
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--images-per-request", default="1,16")
-    parser.add_argument("--in-process-images", type=int, default=2048)
+    parser.add_argument("--concurrency", default="1,16,64", help="requests in flight from the client, comma-separated")
+    parser.add_argument("--images-per-request", default="1,16", help="comma-separated")
+    parser.add_argument("--in-process-images", type=int, default=2048, help="images of each in-process case")
     parser.add_argument("--max-in-flight", type=int,
                         help="the server's IMAGE_CLASSIFIER_MAX_IN_FLIGHT (per API worker), to show refusals")
     parser.add_argument("--skip-in-process", action="store_true", help="only the served cases")
     parser.add_argument("--runtimes", default="packaged,torch", help="packaged (as packaged), torch (forced)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     entry = read_pointer(Path(POINTER))["current"]
     bento = args.bento or (entry and entry["bento"])

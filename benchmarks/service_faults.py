@@ -170,18 +170,19 @@ def figures(run: dict) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/service_faults.py",
+                                     description=__doc__.split("\n\n")[0])  # its summary takes two lines
     parser.add_argument("--bento", help="serve this built Bento (its own copy of the sources) instead of the working tree")
     parser.add_argument("--model", help="model tag for the working tree's service (default: production, else the newest)")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--concurrency", type=int, default=8, help="clients sending requests at once")
+    parser.add_argument("--seconds", type=float, default=30, help="how long the load lasts")
     parser.add_argument("--fault", choices=("kill", "hang"), default="kill",
                         help="kill: SIGKILL the model worker; hang: SIGSTOP it for --hang-for seconds")
     parser.add_argument("--fault-at", type=float, default=10, help="seconds into the load")
-    parser.add_argument("--hang-for", type=float, default=45)
+    parser.add_argument("--hang-for", type=float, default=45, help="--fault hang: seconds the worker stays stopped")
     parser.add_argument("--log", type=Path, help="keep the server's log in this file (default: thrown away)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("IMAGE_CLASSIFIER_MODEL", None)

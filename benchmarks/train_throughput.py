@@ -38,8 +38,9 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks import train  # noqa: E402
 from tasks.common.config import Params, parse_params  # noqa: E402
-from tasks.common.parallel import cpu_count, map_chunks  # noqa: E402
+from tasks.common.parallel import map_chunks  # noqa: E402
 from tasks.common.paths import split_csv  # noqa: E402
+from tasks.common.threads import available_cores  # noqa: E402
 from tasks.model.backbones import create_backbone, input_config  # noqa: E402
 from tasks.model.device import pick_device  # noqa: E402
 from tasks.training.batch_augment import normalize, uses_image_cache  # noqa: E402
@@ -212,26 +213,27 @@ def ratio(a, b) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/train_throughput.py", description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="a timm or torchvision model name")
     parser.add_argument("--weights", default="none", help="none | imagenet | checkpoint path (img/s ignores values)")
-    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--image-size", type=int, default=112, help="train.image_size (px)")
     parser.add_argument("--source-size", type=int, help="side of the generated JPEGs (default: 2x --image-size)")
-    parser.add_argument("--images", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default="auto")
+    parser.add_argument("--images", type=int, default=20000, help="synthetic JPEGs to write")
+    parser.add_argument("--epochs", type=int, default=3, help="train.epochs of the stage run")
+    parser.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default="auto",
+                        help="train.batch_size: a number or auto (the stage's choice, also used by the loop)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="the stage steps eagerly on CUDA too")
-    parser.add_argument("--workers", type=int, default=max(1, cpu_count() - 2), help="DataLoader workers")
+    parser.add_argument("--workers", type=int, default=max(1, available_cores() - 2), help="DataLoader workers")
     parser.add_argument("--steps", type=int, default=100, help="timed batches of the loop and of each limit run")
     parser.add_argument("--limit-batches", type=lambda v: [int(b) for b in v.split(",")],
                         help="comma-separated (default: 128,256,512,1024 on CUDA; 32,64 on the CPU)")
-    parser.add_argument("--skip-stage", action="store_true")
-    parser.add_argument("--skip-dataloader", action="store_true")
-    parser.add_argument("--skip-limit", action="store_true")
+    parser.add_argument("--skip-stage", action="store_true", help="do not time the train stage")
+    parser.add_argument("--skip-dataloader", action="store_true", help="do not time the DataLoader loop")
+    parser.add_argument("--skip-limit", action="store_true", help="do not time the model's own limit")
     parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = pick_device("auto")
     cuda = device.type == "cuda"
     args.limit_batches = args.limit_batches or ([128, 256, 512, 1024] if cuda else [32, 64])
@@ -241,7 +243,7 @@ def main() -> None:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="train_throughput_", dir=args.workdir))
-    result = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({cpu_count()} cores)",
+    result = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({available_cores()} cores)",
               "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
               "backbone": args.backbone, "image_size": args.image_size, "images": args.images,
               "stage": None, "dataloader": None, "limit": None, "limit_img_s": None}

@@ -180,10 +180,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(r[k]) for k in HEADERS) + " |" for r in rows]) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
-    parser.add_argument("--pruners", nargs="+", choices=["median", "hyperband"], default=["median", "hyperband"])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/tune.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS),
+                        help="digits: the sample stage's scans; digits-hard: fewer, harder training images")
+    parser.add_argument("--pruners", nargs="+", choices=["median", "hyperband"], default=["median", "hyperband"],
+                        help="tune.pruner of each search")
     parser.add_argument("--trials", type=int, default=None, help="tune.trials (default: params.yaml)")
     parser.add_argument("--minutes", type=float, default=None, help="tune.minutes (default: params.yaml)")
     parser.add_argument("--hard-train", type=int, default=30, help="digits-hard: training images per class")
@@ -195,7 +197,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="digits-hard: the split and the drawing")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the scratch projects here (default: a temp dir)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.pop(studies.STORAGE_ENV, None)  # each study in its own scratch project's journal
 
     rows = []

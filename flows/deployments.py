@@ -13,7 +13,7 @@
 New data is noticed by the data watcher (flows/watch_data.py), a process rather than a deployment.
 
 Each deployment pulls its code from this checkout (a `set_working_directory` step), so a worker on
-another machine needs the project at the same path, or a deployment from a git source (README).
+another machine needs the project at the same path, or a deployment from a git source (docs/operations.md, "Past one machine").
 The drift and new-data triggers fire at most once per cooldown: Prefect's reactive trigger ignores
 further events until `within` has passed, and the retrain flow itself skips a run that starts
 within the cooldown of the last completed retrain, whatever started it.
@@ -38,7 +38,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 
 from flows.events import DATA_EVENT, DRIFT_EVENT, RESOURCE_PREFIX
-from tasks.common.config import Params
+from flows.settings import FlowParams
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 SKIP_IF_RUNNING = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
@@ -59,7 +59,7 @@ def retrain_trigger(name: str, event: str, trigger: str, cooldown_minutes: int) 
     )
 
 
-def build_deployments(params: Params, root: Path) -> list[RunnerDeployment]:
+def build_deployments(params: FlowParams, root: Path) -> list[RunnerDeployment]:
     ops, zone = params.ops, params.ops.timezone
     triggers = []
     if ops.retrain.on_drift:
@@ -120,7 +120,7 @@ def crash_silent_runs() -> Automation:
     )
 
 
-def register(params: Params, root: Path) -> list[UUID]:
+def register(params: FlowParams, root: Path) -> list[UUID]:
     """Create the process work pool if missing, then create or update every deployment (and
     replace its triggers), against the Prefect API of the current settings. Deployments that
     earlier versions registered and this one does not are deleted, or their schedules would go on."""

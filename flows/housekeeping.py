@@ -35,7 +35,8 @@ from prefect.states import Failed
 
 from flows.pipeline import FLOW_NAME as PIPELINE
 from flows.retrain import FLOW_NAME as RETRAIN
-from tasks.common.config import Params, UserError, load_params
+from flows.settings import FlowParams
+from tasks.common.config import UserError, load_params
 from tasks.common.paths import POINTER, STORE_ARCHIVES
 from tasks.model.registry import prune_archives, read_pointer
 from tasks.monitoring.traffic import prune_traffic
@@ -69,7 +70,7 @@ def prune_flow_runs(before: datetime) -> int:
 
 
 @task
-def prune_traffic_logs(params: Params, root: Path, now: datetime) -> int:
+def prune_traffic_logs(params: FlowParams, root: Path, now: datetime) -> int:
     """Rotated traffic logs older than ops.retention.traffic_days and than the next window's start."""
     ops_home = root / params.ops.home
     needed_since, _ = next_window(ops_home, now, params.ops.monitor.window_minutes)
@@ -80,7 +81,7 @@ def prune_traffic_logs(params: Params, root: Path, now: datetime) -> int:
 
 
 @task
-def prune_monitor_windows(params: Params, root: Path) -> int:
+def prune_monitor_windows(params: FlowParams, root: Path) -> int:
     ops_home = root / params.ops.home
     removed = prune_windows(ops_home, params.ops.retention.windows)
     remove_windows(ops_home / "evidently", [sid for window in removed if (sid := snapshot_id(window))])
@@ -88,7 +89,7 @@ def prune_monitor_windows(params: Params, root: Path) -> int:
 
 
 @task
-def prune_bento_archives(params: Params, root: Path) -> int:
+def prune_bento_archives(params: FlowParams, root: Path) -> int:
     removed = prune_archives(read_pointer(root / POINTER), params.ops.retention.promotions, root / STORE_ARCHIVES)
     if removed:
         track_archives(root)
@@ -100,7 +101,7 @@ def housekeeping(repo_dir: str = ".", as_of: datetime | None = None) -> dict:
     """Prune flow runs, traffic logs, monitor windows and archived Bentos to what ops.retention keeps."""
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / "params.yaml", FlowParams)
     except UserError as err:
         return Failed(message=str(err))
     now, keep = as_of or datetime.now(timezone.utc), params.ops.retention

@@ -23,7 +23,8 @@ from prefect.states import Failed
 
 from flows.events import announce_drift
 from flows.review import send_for_review
-from tasks.common.config import Params, UserError, load_params
+from flows.settings import FlowParams
+from tasks.common.config import UserError, load_params
 from tasks.common.files import sha256
 from tasks.common.paths import MODEL_DIR, POINTER, STORE_ARCHIVES, split_csv
 from tasks.data.splits import read_split
@@ -76,7 +77,7 @@ def reference_profile(root: Path, ops_home: Path, model: str, bundle_dir: Path) 
     return profile
 
 
-def judge_window(params: Params, root: Path, ops_home: Path, current: pd.DataFrame, window: dict) -> dict:
+def judge_window(params: FlowParams, root: Path, ops_home: Path, current: pd.DataFrame, window: dict) -> dict:
     """Evidently drift of the window against the reference: report files, workspace snapshot, verdict."""
     end = datetime.fromisoformat(window["end"])
     model, bundle_dir = serving_model(root)
@@ -133,7 +134,7 @@ def monitor(repo_dir: str = ".", window_minutes: int | None = None):
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     window = None
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / "params.yaml", FlowParams)
         ops_home = root / params.ops.home
         minutes = params.ops.monitor.window_minutes if window_minutes is None else window_minutes
         start, end = next_window(ops_home, datetime.now(timezone.utc), minutes)
@@ -164,7 +165,7 @@ def monitor(repo_dir: str = ".", window_minutes: int | None = None):
     return window
 
 
-def ask_for_labels(root: Path, params: Params, window: dict, logger) -> None:
+def ask_for_labels(root: Path, params: FlowParams, window: dict, logger) -> None:
     """A drifted window's least sure served images go to Label Studio at once: a retrain learns from
     drift only once people have labelled what drifted (flows/review.py)."""
     if params.ops.review.drift_images == 0:

@@ -50,8 +50,9 @@ import tasks  # noqa: F401  (switches telemetry off for this process and the one
 from flows.credentials import AUTH_ENV, evidently_host, stack_secrets
 from flows.deployments import HEARTBEAT_SECONDS, register
 from flows.review import studio_home, studio_url
+from flows.settings import FlowParams
 from flows.supervise import Children
-from tasks.common.config import Params, UserError, load_params
+from tasks.common.config import UserError, load_params
 from tasks.common.paths import POINTER
 from tasks.labels.studio import credentials, ensure_environment, server_command, server_environment
 from tasks.model.registry import read_pointer
@@ -141,7 +142,7 @@ def evidently_reach(kept_on_loopback: bool, port: int) -> str:
             if kept_on_loopback else "")
 
 
-def serve(params: Params, root: Path, api_url: str | None, with_worker: bool) -> None:
+def serve(params: FlowParams, root: Path, api_url: str | None, with_worker: bool) -> None:
     """Start the stack, wait until Ctrl-C (or until a part of it dies), stop it in reverse order."""
     ops = params.ops
     ops_home = (root / ops.home).resolve()
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
     try:
-        serve(load_params(root / "params.yaml"), root, args.api_url, not args.no_worker)
+        serve(load_params(root / "params.yaml", FlowParams), root, args.api_url, not args.no_worker)
     except UserError as err:
         print(f"ops: error: {err}", file=sys.stderr)
         sys.exit(2)

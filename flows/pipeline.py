@@ -15,6 +15,7 @@ report are Prefect artifacts.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -31,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed
 
 import tasks  # noqa: F401  (switches telemetry off before prefect and dvc are imported)
+from flows.settings import FlowParams
 from tasks import production
 from tasks.common.cli import ERROR_FILE_ENV
 from tasks.common.config import UserError, load_params
@@ -44,7 +46,7 @@ def dvc_stages(repo_dir: Path) -> list[str]:
 
 def preflight(root: Path) -> None:
     """Fail before any stage on mistakes DVC would report obscurely: bad params, a missing data.root."""
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", FlowParams)
     data_root = root / params.data.root
     if params.data.root != params.sample.out_dir and not data_root.is_dir():
         raise UserError(
@@ -204,9 +206,13 @@ def pipeline(repo_dir: str = ".", until: str | None = None, promote: bool = True
     return summary
 
 
-def main() -> None:
-    until = sys.argv[1] if len(sys.argv) > 1 else None
-    state = pipeline(until=until, return_state=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("until", nargs="?", metavar="STAGE",
+                        help="stop after this dvc.yaml stage (no promotion, no push); "
+                             "default: every stage, then promotion if the gate passed, then dvc push")
+    args = parser.parse_args(argv)
+    state = pipeline(until=args.until, return_state=True)
     if state.is_failed():
         print(f"pipeline stopped: {state.message}", file=sys.stderr)
         sys.exit(1)

@@ -17,6 +17,7 @@ import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from dvc.repo import Repo
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -28,14 +29,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateName,
 )
-from dvc.repo import Repo
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from flows.pipeline import pipeline
 from flows.review import studio_url
-from tasks.common.config import Params, UserError, load_params
+from flows.settings import FlowParams
+from tasks.common.config import UserError, load_params
 from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER
 from tasks.labels.review import waiting_for_review
 from tasks.model.lineage import TRIGGER_ENV, UNKNOWN, collect_lineage
@@ -69,7 +70,7 @@ def cooldown_reason(cooldown_minutes: int, now: datetime) -> str | None:
             f"{cooldown_minutes} min (ops.retrain.cooldown_minutes)")
 
 
-def trained_on_this_data(root: Path, params: Params) -> str | None:
+def trained_on_this_data(root: Path, params: FlowParams) -> str | None:
     """The production model's tag when data.root is still what it was trained on (the DVC hash in its
     lineage, and no change since dvc.lock recorded it), else None."""
     entry = read_pointer(root / POINTER)["current"]
@@ -86,7 +87,7 @@ def trained_on_this_data(root: Path, params: Params) -> str | None:
     return None if params.data.root in changed else entry["model"]
 
 
-def drift_without_new_labels(root: Path, params: Params) -> str | None:
+def drift_without_new_labels(root: Path, params: FlowParams) -> str | None:
     """Why a drift-triggered retrain must wait for reviews, or None when data.root has changed."""
     model = trained_on_this_data(root, params)
     if model is None:
@@ -126,7 +127,7 @@ def retrain(trigger: str = "manual", reason: str = "", repo_dir: str = "."):
     """Run the pipeline and promote what the gate passes, unless the last retrain was too recent."""
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / "params.yaml", FlowParams)
     except UserError as err:
         return Failed(message=str(err))
     logger.info("retrain triggered by %s%s", trigger, f": {reason}" if reason else "")

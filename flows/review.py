@@ -14,6 +14,7 @@ from LABEL_STUDIO_USERNAME / _PASSWORD / _API_KEY, else from <ops.home>/label-st
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from tasks.common.config import Params, UserError, load_params
+from flows.settings import FlowParams
+from tasks.common.config import UserError, load_params
 from tasks.data.layout import class_folders
 from tasks.labels.review import apply_reviews, suspect_items, uncertain_items
 from tasks.labels.studio import credentials, running
@@ -30,30 +32,30 @@ from tasks.labels.studio_client import LabelStudio
 FLOW_NAME = "review-sync"
 
 
-def studio_home(root: Path, params: Params) -> Path:
+def studio_home(root: Path, params: FlowParams) -> Path:
     return root / params.ops.home / "label-studio"
 
 
-def studio_url(params: Params) -> str:
+def studio_url(params: FlowParams) -> str:
     host = "127.0.0.1" if params.ops.host in ("0.0.0.0", "::") else params.ops.host
     return f"http://{host}:{params.ops.label_studio_port}"
 
 
-def review_classes(root: Path, params: Params) -> list[str]:
+def review_classes(root: Path, params: FlowParams) -> list[str]:
     data_root = root / params.data.root
     if not data_root.is_dir():
         raise UserError(f"data.root {data_root} is not a folder; point data.root in params.yaml at your images")
     return class_folders(data_root)
 
 
-def connect(root: Path, params: Params) -> tuple[LabelStudio, int, list[str]]:
+def connect(root: Path, params: FlowParams) -> tuple[LabelStudio, int, list[str]]:
     """A client of the project's Label Studio and the id of its review project (made on first use)."""
     classes = review_classes(root, params)
     client = LabelStudio(studio_url(params), credentials(studio_home(root, params)).api_key, root)
     return client, client.ensure_project(f"{params.package.model_name} review", classes), classes
 
 
-def send_for_review(root: Path, params: Params, since: datetime | None = None, limit: int | None = None) -> int:
+def send_for_review(root: Path, params: FlowParams, since: datetime | None = None, limit: int | None = None) -> int:
     """The uncertain served images kept since `since` (at most `limit`, least sure first) as new tasks;
     returns how many were added. Tasks already there are not repeated."""
     items = uncertain_items(root, params, since, limit)
@@ -69,7 +71,7 @@ def review_sync(repo_dir: str = ".") -> dict:
     """Send new review tasks, then apply the finished reviews to data.root (and `dvc add` it)."""
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / "params.yaml", FlowParams)
         items = suspect_items(root, params) + uncertain_items(root, params)
         client, project, classes = connect(root, params)
         with client:
@@ -89,7 +91,7 @@ def review_sync(repo_dir: str = ".") -> dict:
 
 def serve(root: Path) -> None:
     """Label Studio in the foreground until Ctrl-C."""
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", FlowParams)
     home = studio_home(root, params)
     with running(home, root, params.ops.host, params.ops.label_studio_port) as server:
         creds = credentials(home)
@@ -102,18 +104,21 @@ def serve(root: Path) -> None:
             pass
 
 
-def main() -> None:
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.review", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+    commands.add_parser("serve", help="Label Studio on ops.host:ops.label_studio_port until Ctrl-C (make review)")
+    commands.add_parser("sync", help="what the review deployment runs: new review tasks in, finished reviews "
+                                     "applied to data.root (and dvc add-ed)")
+    args = parser.parse_args(argv)
     try:
-        if command == "serve":
+        if args.command == "serve":
             serve(Path("."))
-        elif command == "sync":
+        else:  # sync
             state = review_sync(return_state=True)
             if state.is_failed():
                 raise UserError(state.message)
             print(state.result())
-        else:
-            raise UserError(f"unknown command {command!r}: use `python -m flows.review serve` or `... sync`")
     except UserError as err:
         print(f"review: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -18,10 +18,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
+from flows.settings import FlowParams
 from tasks import tune as search
 from tasks.common.config import UserError, load_params
 from tasks.production import show
-from tasks.tuning.space import value_at
+from tasks.tuning.apply import adopt
+from tasks.tuning.space import current_values, value_at
 
 
 def production_recipe(root: Path, keys: list[str]) -> tuple[str, dict]:
@@ -56,13 +58,13 @@ def tune(repo_dir: str = ".", experiment: bool = True) -> dict:
     """Continue the recipe search; with `experiment`, run its best recipe as a DVC experiment."""
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / "params.yaml", FlowParams)
         summary = search.run(params, root)
-        adopted = search.adopt(summary, root, "experiment") if experiment else "not run as an experiment"
+        adopted = adopt(summary, root, "experiment") if experiment else "not run as an experiment"
     except UserError as err:
         return Failed(message=str(err))
     space_keys = list(params.tune.space)
-    now = search.current_values(params, {key: None for key in space_keys})
+    now = current_values(params, {key: None for key in space_keys})
     create_markdown_artifact(key="tune-result", description="the best recipe against production's",
                              markdown=result_markdown(summary, production_recipe(root, space_keys), now, adopted))
     logger.info("%s; %s", {k: summary[k] for k in ("study", "trials", "best")}, adopted)

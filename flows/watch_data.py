@@ -22,12 +22,13 @@ import watchfiles
 
 import tasks  # noqa: F401  (switches telemetry off)
 from flows.events import announce_data_change
-from tasks.common.config import Params, UserError, load_params
+from flows.settings import FlowParams
+from tasks.common.config import UserError, load_params
 from tasks.common.files import write_text_atomic
 from tasks.data.changes import compare, describe, fingerprint
 
 
-def check_data(root: Path, params: Params) -> str:
+def check_data(root: Path, params: FlowParams) -> str:
     """Compare data.root with the last recorded listing, emit the event if it changed, record it."""
     data_root = root / params.data.root
     state = root / params.ops.home / "data" / "fingerprint.json"
@@ -59,7 +60,7 @@ def watched_folder(data_root: Path) -> Path:
     return folder
 
 
-def watch(root: Path, params: Params) -> None:
+def watch(root: Path, params: FlowParams) -> None:
     """Check once (changes made while nothing watched), then after every change under data.root."""
     data_root = (root / params.data.root).resolve()
     print(check_data(root, params), flush=True)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     root = Path.cwd()
     try:
-        watch(root, load_params(root / "params.yaml"))
+        watch(root, load_params(root / "params.yaml", FlowParams))
     except UserError as err:
         print(f"watch-data: error: {err}", file=sys.stderr)
         sys.exit(2)

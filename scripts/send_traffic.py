@@ -66,12 +66,12 @@ def send(url: str, paths: list[Path], shift: str, batch: int) -> tuple[int, int]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="send_traffic.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--shift", choices=sorted(SHIFTS), default="none")
+    parser = argparse.ArgumentParser(prog="python scripts/send_traffic.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--shift", choices=sorted(SHIFTS), default="none", help="how the images are changed")
     parser.add_argument("--count", type=int, default=200, help="images to send")
     parser.add_argument("--batch", type=int, default=16, help="images per request")
-    parser.add_argument("--url", default="http://127.0.0.1:3000")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
+    parser.add_argument("--seed", type=int, default=0, help="which test images are drawn")
     args = parser.parse_args(argv)
     try:
         started = time.perf_counter()

@@ -16,7 +16,7 @@ Images are resized and normalized by tasks/model/preprocess.py, as in evaluation
 service imports PyTorch: only a model worker whose model runs in PyTorch loads it, so the API workers
 stay small (docs/serving.md has the memory). Every classified image is logged with `bentoml.monitor` as one JSON
 line of `tasks.monitoring.features.feature_rows` columns, which the monitor stage compares with its reference.
-The images the model is least sure of (top-two margin below labels.uncertain.margin) are also kept
+The images the model is least sure of (top-two margin below service.uncertain.margin) are also kept
 as files for review, within a disk cap and a retention time (tasks/labels/queue.py).
 
 Following production: with IMAGE_CLASSIFIER_FOLLOW set to deploy/production.json, the API checks the

@@ -11,11 +11,30 @@ from pathlib import Path
 
 import bentoml
 import psutil
+from pydantic import Field
 
 import tasks  # noqa: F401  (first: switches BentoML's telemetry off before bentoml is used)
-from tasks.common.config import load_params
+from tasks.common.config import Params, Section, load_params
 from tasks.common.paths import POINTER, STORE_ARCHIVES
+from tasks.common.threads import cores
 from tasks.model.registry import FOLLOW_ENV, check_in_store, current_model
+
+
+class UncertainParams(Section):
+    margin: float = Field(ge=0.0, le=1.0, description="served images with a top-two margin below this are kept; 0: none")
+    max_mb: float = Field(gt=0.0, description="the kept images' disk cap")
+    days: float = Field(gt=0.0, description="kept images older than this are deleted")
+
+
+class ServiceSection(Section):
+    """params.yaml's `service` section: read by the service only, so editing it re-runs no stage."""
+
+    uncertain: UncertainParams
+
+
+class ServiceParams(Params):
+    service: ServiceSection
+
 
 MODEL_ENV = "IMAGE_CLASSIFIER_MODEL"
 TRAFFIC_ENV = "IMAGE_CLASSIFIER_TRAFFIC_DIR"
@@ -75,7 +94,7 @@ def model_threads() -> int:
     """
     if os.environ.get(THREADS_ENV):
         return int(os.environ[THREADS_ENV])
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, cores() - 1)  # cores(): IMGCLF_THREADS, else the cores this process may run on
 
 
 def forced_runtime() -> str | None:
@@ -108,9 +127,9 @@ def traffic_dir() -> Path:
     return folder if folder.is_absolute() else launch_dir() / folder
 
 
-def uncertain_settings():
-    """labels.uncertain of the served folder's params.yaml: which served images are kept for review."""
-    return load_params().labels.uncertain
+def uncertain_settings() -> UncertainParams:
+    """service.uncertain of the served folder's params.yaml: which served images are kept for review."""
+    return load_params(model=ServiceParams).service.uncertain
 
 
 def glibc():

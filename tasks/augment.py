@@ -21,6 +21,8 @@ from tasks.model.transforms import batch_mix, eval_transform, train_transform
 from tasks.training.batch_augment import BatchAugment, uses_image_cache
 from tasks.training.image_cache import cache_side, square_pixels
 
+PARAMS = ["train.backbone", "train.image_size", "train.seed", "train.eval_crop_pct", "train.input", "train.augment"]
+
 PREVIEW_PNG = Path("reports/augment/preview.png")
 PREVIEW_IMAGES = 8  # columns: training images, one class each as far as the classes go
 PREVIEW_DRAWS = 4  # rows of augmented draws of every image

@@ -23,6 +23,8 @@ from tasks.data.images import shrink, to_rgb
 from tasks.data.layout import resolve_root
 from tasks.data.manifest import read_manifest
 
+PARAMS = ["data.root", "clean", "validate.allowed_formats", "validate.min_width", "validate.min_height"]
+
 KEPT_COLUMNS = ["path", "label", "split", "file", "sha256", "duplicate_group"]
 
 # Quarantine reasons, in the order they are tested (the first that applies is recorded):

@@ -15,7 +15,7 @@ Writes under reports/evaluate/
     report.html           all of the above on one self-contained page (tasks/evaluation/report.py)
 
 and runtime/: the runtime that will serve the model (PyTorch, ONNX Runtime fp32 or int8), chosen by
-package.runtime from each one's test accuracy and speed, measured here (tasks/evaluation/runtimes.py),
+evaluate.runtime from each one's test accuracy and speed, measured here (tasks/evaluation/runtimes.py),
 with its ONNX file; runtime/runtime.json has every runtime's figures, which the report shows.
 """
 from __future__ import annotations
@@ -49,6 +49,8 @@ from tasks.evaluation.runtimes import choose, measure_runtimes, write_runtime
 from tasks.model.bundle import load_bundle
 from tasks.model.device import pick_device
 
+PARAMS = ["evaluate", "inference.device"]
+
 PER_CLASS_CSV = EVALUATE_DIR / "per_class.csv"
 RELIABILITY_CSV = EVALUATE_DIR / "reliability.csv"
 SLICES_CSV = EVALUATE_DIR / "slices.csv"
@@ -60,7 +62,7 @@ SLICE_PROPERTIES = {"brightness": "", "short_side": "px"}  # property -> unit in
 
 def run(params: Params, workdir: Path = Path(".")) -> dict:
     cfg = params.evaluate
-    bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.train.device))
+    bundle = load_bundle(workdir / MODEL_DIR, device=pick_device(params.inference.device, setting="inference.device"))
     test = read_split(workdir, "test")
     files = [workdir / f for f in test["file"]]
     targets = class_indices(test, bundle.labels, "test")
@@ -118,14 +120,14 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
 
 def serving_runtime(params: Params, workdir: Path, bundle, files: list[Path], targets: np.ndarray,
                     probs: np.ndarray) -> dict:
-    """Export, score and time each serving runtime; runtime/ gets the one package.runtime picks."""
+    """Export, score and time each serving runtime; runtime/ gets the one evaluate.runtime picks."""
     train_files = [workdir / f for f in read_split(workdir, "train")["file"]]
     with tempfile.TemporaryDirectory(prefix="runtimes-") as scratch:
         figures, made = measure_runtimes(bundle, files, targets, probs, train_files, params.evaluate.batch_size,
-                                         params.evaluate.calibration_bins, Path(scratch), params.package.runtime)
-        chosen, reason = choose(figures, params.package.runtime, params.package.max_accuracy_drop)
-        return write_runtime(workdir / RUNTIME_DIR, chosen, reason, params.package.runtime,
-                             params.package.max_accuracy_drop, figures, made)
+                                         params.evaluate.calibration_bins, Path(scratch), params.evaluate.runtime)
+        chosen, reason = choose(figures, params.evaluate.runtime, params.evaluate.max_accuracy_drop)
+        return write_runtime(workdir / RUNTIME_DIR, chosen, reason, params.evaluate.runtime,
+                             params.evaluate.max_accuracy_drop, figures, made)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from tasks.model.device import pick_device
 from tasks.model.registry import check_in_store, model_metadata, read_pointer
 from tasks.model.served import RUNTIME_JSON, read_runtime
 
+PARAMS = ["gate", "inference.device", "evaluate.batch_size"]
+
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value for b and c one-sided disagreements (1.0 when there are none)."""
@@ -120,7 +122,7 @@ def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) 
     """Per-image correctness of the production model on the test split."""
     check_in_store(tag, archives=workdir / STORE_ARCHIVES)  # from deploy/store when this machine lacks it
     model = bentoml.models.get(tag)
-    bundle = load_bundle(model.path, device=pick_device(params.train.device))
+    bundle = load_bundle(model.path, device=pick_device(params.inference.device, setting="inference.device"))
     logits, _, _ = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
     predicted = np.array(bundle.labels)[logits.argmax(1)]  # a class the champion lacks is simply never right
     return predicted == test["label"].to_numpy()

@@ -29,6 +29,10 @@ from tasks.labels.issues import suspects
 from tasks.labels.page import suspects_html
 from tasks.model.backbones import resolve_inputs
 
+# Never labels.review_dir (the review flow's): editing it must not re-run five fine-tunes.
+PARAMS = ["labels.folds", "labels.strategy", "labels.epochs", "labels.method", "labels.rank_by", "labels.warn_share",
+          "labels.max_share", "labels.shown", "train"]
+
 REPORT_DIR = SUSPECTS_CSV.parent
 SUMMARY_JSON = REPORT_DIR / "summary.json"
 PAGE = REPORT_DIR / "suspects.html"

@@ -28,6 +28,8 @@ from tasks.monitoring.drift import drift_snapshot, summarize_drift
 from tasks.monitoring.features import profile_split
 from tasks.monitoring.traffic import read_traffic
 
+PARAMS = ["monitor", "inference.device"]
+
 REPORT_DIR = Path("reports/monitor")
 REFERENCE_CSV = REPORT_DIR / "reference.csv"
 CURRENT_CSV = REPORT_DIR / "current.csv"
@@ -57,7 +59,8 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     """Profile the validation images, pick the current window, write the drift reports, return the verdict."""
     val = read_split(workdir, "val")
     # In the runtime the model will be served with: int8 moves the embeddings the traffic log holds.
-    classifier = load_classifier(workdir / MODEL_DIR, workdir / RUNTIME_DIR, device=str(pick_device(params.train.device)))
+    device = pick_device(params.inference.device, setting="inference.device")
+    classifier = load_classifier(workdir / MODEL_DIR, workdir / RUNTIME_DIR, device=str(device))
     (workdir / REPORT_DIR).mkdir(parents=True, exist_ok=True)
 
     reference = profile_split(classifier, workdir, val, "profile val")

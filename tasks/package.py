@@ -34,6 +34,9 @@ from tasks.model.lineage import bento_labels, collect_lineage
 from tasks.model.meta import META_FILE, WEIGHTS_FILE, read_meta
 from tasks.model.served import RUNTIME_JSON, read_runtime
 
+# service: the Bento carries params.yaml, whose service section the service reads; data.root: the lineage
+PARAMS = ["package", "service", "data.root"]
+
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and tasks/: the build context
 BENTOFILE = "service/bentofile.yaml"
 TRAIN_CSV = split_csv("train")

@@ -34,6 +34,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from tasks.common.config import UserError, load_params
 from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER, STORE_ARCHIVES
 from tasks.model.lineage import format_lineage
@@ -186,39 +188,57 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def main(argv: list[str]) -> None:
-    command = argv[0] if argv and not argv[0].startswith("--") else "show"
+class ServeAddress(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    host: str
+    service_port: int = Field(ge=1, le=65535)
+
+
+class ServeAt(BaseModel):
+    """The two `ops` keys `serve` reads; flows/settings.py validates the ops section whole."""
+
+    ops: ServeAddress
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.production", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="with no command: show, as JSON")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands (default: show)")
+    shown = commands.add_parser("show", help="production and each predecessor, with lineage")
+    shown.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="as JSON: the pointer, each entry with its lineage")
+    promoted = commands.add_parser("promote", help="the challenger the gate passed (reports/gate/decision.json)")
+    promoted.add_argument("--force", action="store_true", help="promote it even though the gate refused it")
+    commands.add_parser("rollback", help="back to the previous production model")
+    commands.add_parser("bento", help="the production Bento's tag: bentoml serve $(python -m tasks.production bento)")
+    served = commands.add_parser("serve", help="serve production, following every promotion and rollback")
+    served.add_argument("--host", help="default: ops.host of params.yaml")
+    served.add_argument("--port", type=int, help="default: ops.service_port of params.yaml")
+    args = parser.parse_args(argv)
     try:
-        if command == "promote":
-            entry = promote(force="--force" in argv[1:])
+        if args.command == "promote":
+            entry = promote(force=args.force)
             print(f"production: {entry['model']} (a service started with `make serve` switches to it). For other "
                   f"machines: git commit {POINTER} {STORE_ARCHIVES}.dvc, then dvc push")
-        elif command == "rollback":
+        elif args.command == "rollback":
             entry = rollback()
             print(f"production: {entry['model'] if entry else 'none (no production model)'}")
-        elif command == "show":
-            shown = show()
-            print(json.dumps(shown, indent=2) if "--json" in argv else describe(shown))
-        elif command == "bento":
+        elif args.command == "bento":
             print(production_bento())
-        elif command == "serve":
-            ops = load_params().ops
-            parser = argparse.ArgumentParser(prog="python -m tasks.production serve")
-            parser.add_argument("--host", default=ops.host, help=f"default ops.host ({ops.host})")
-            parser.add_argument("--port", type=int, default=ops.service_port,
-                                help=f"default ops.service_port ({ops.service_port})")
-            args = parser.parse_args(argv[1:])
-            cmd, env = serve_command(args.host, args.port)
-            print(f"serving production ({production_bento()}) on http://{args.host}:{args.port}, "
-                  f"following {POINTER}", flush=True)
+        elif args.command == "serve":
+            ops = load_params(model=ServeAt).ops
+            host = ops.host if args.host is None else args.host
+            port = ops.service_port if args.port is None else args.port
+            cmd, env = serve_command(host, port)
+            print(f"serving production ({production_bento()}) on http://{host}:{port}, following {POINTER}", flush=True)
             os.execve(cmd[0], cmd, env)  # bentoml serve in this process: Ctrl-C and SIGTERM reach it directly
-        else:
-            raise UserError(f"unknown command {command!r}; use show [--json], promote [--force], rollback, bento "
-                            "or serve")
+        else:  # show, also with no command
+            shown = show()
+            print(json.dumps(shown, indent=2) if args.json else describe(shown))
     except UserError as err:
         print(f"production: error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

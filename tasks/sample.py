@@ -17,6 +17,8 @@ from sklearn.datasets import load_digits
 from tasks.common.cli import run_stage
 from tasks.common.config import Params
 
+PARAMS = ["data.root", "sample"]  # the sample is written only when data.root is its folder
+
 
 def write_digits(out_dir: Path) -> int:
     """Write every digit as an 8-bit greyscale PNG under out_dir/<digit>/; returns the count."""

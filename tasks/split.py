@@ -23,6 +23,8 @@ from tasks.common.config import Params, SplitParams, UserError
 from tasks.common.paths import KEPT_CSV, MANIFEST_CSV, QUARANTINE_CSV, SPLIT_DIR, SPLITS, split_csv
 from tasks.data.manifest import read_manifest
 
+PARAMS = ["split"]
+
 COUNTS_CSV = Path("reports/split/counts.csv")
 CROSS_SPLIT_CSV = Path("reports/split/cross_split_duplicates.csv")
 

@@ -7,10 +7,10 @@ Reads data/split/{train,val}.csv and writes
                                                  trainable parameters, img/s, peak memory (dvc plots)
     reports/train/curves.png, summary.json
 Read top to bottom: `train` fits one run (tasks/training/engine.py: set up, resume an interrupted
-run, fit epoch by epoch) and `finish` turns its best epoch into the bundle and the reports. The
-engine (strategies, batches, the step, the optimizer, checkpoints) is in tasks/training/. With
-`train.processes` (or `train.nodes`) above 1 the stage starts itself under
-torchrun and trains data-parallel (tasks/training/distributed.py).
+run, fit epoch by epoch), ships its best epoch (tasks/training/shipped.py), and `finish` turns that
+into the bundle and the reports. The engine (strategies, batches, the step, the optimizer,
+checkpoints) is in tasks/training/. With `train.processes` (or `train.nodes`) above 1 the stage
+starts itself under torchrun and trains data-parallel (tasks/training/distributed.py).
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ from tasks.training.distributed import (
     process_count,
     torchrun_command,
 )
-from tasks.training.engine import FittedRun, fit_frames, shipped_weights, targets, training_features
-from tasks.training.inputs import cached_images
-from tasks.training.loop import calibrate, validate
+from tasks.training.shipped import ShippedModel
+
+PARAMS = ["train", "inference.temperature_scaling", "inference.tta", "clean.background"]  # the bundle keeps the last three
 
 HISTORY_CSV = Path("reports/train/history.csv")
 SUMMARY_JSON = Path("reports/train/summary.json")
@@ -74,24 +74,21 @@ def train(params: Params, workdir: Path, world: World) -> dict:
     run_fingerprint = checkpoint.fingerprint(
         {**cfg.model_dump(), "background": params.clean.background, "processes": world.size},
         [workdir / split_csv("train"), workdir / split_csv("val")])
-    fitted = fit_frames(cfg, workdir, world, train_df, val_df, labels, run_fingerprint,
-                        workdir / checkpoint.CHECKPOINT_DIR)
-    if not world.main:
+    shipped = ShippedModel.fit(cfg, workdir, world, train_df, val_df, labels, run_fingerprint,
+                               workdir / checkpoint.CHECKPOINT_DIR)
+    if shipped is None:  # another process of a data-parallel run: the first one ships
         return {"rank": world.rank}
-    return finish(params, fitted, labels, train_df, val_df)
+    return finish(params, shipped, labels, train_df, val_df)
 
 
-def finish(params: Params, fitted: FittedRun, labels: list[str], train_df: pd.DataFrame, val_df: pd.DataFrame) -> dict:
-    """Best epoch's weights -> fresh normalization statistics -> embedding basis, temperature ->
-    the bundle and the reports."""
-    ctx, state = fitted.ctx, fitted.state
-    cfg, model, device = ctx.cfg, state.model, ctx.device
-    shipped_weights(fitted, train_df, labels)
-    train_features = training_features(fitted, train_df, labels)
-    alone = ctx.alone()  # what follows runs in this process only
-    val_in = cached_images(alone, val_df, targets(val_df, labels), train=False, augment=False)
-    val = validate(model, val_in, alone)
-    calibration = calibrate(model, val_in, params.inference.tta, params.inference.temperature_scaling, device)
+def finish(params: Params, shipped: ShippedModel, labels: list[str], train_df: pd.DataFrame,
+           val_df: pd.DataFrame) -> dict:
+    """The shipped model's embedding basis and temperature -> the bundle and the reports."""
+    ctx, state = shipped.run.ctx, shipped.run.state
+    cfg, model, device = ctx.cfg, shipped.model, ctx.device
+    train_features = shipped.features(train_df)
+    val = shipped.score(val_df)
+    calibration = shipped.calibrate(val_df, params.inference.tta, params.inference.temperature_scaling)
     meta = {
         "labels": labels, "backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
         "mean": list(ctx.mean), "std": list(ctx.std), "crop_pct": cfg.eval_crop_pct,
@@ -107,7 +104,7 @@ def finish(params: Params, fitted: FittedRun, labels: list[str], train_df: pd.Da
     plot_curves(history, ctx.workdir / CURVES_PNG)
     steady = history["train_img_s"].iloc[1:] if len(history) > 1 else history["train_img_s"]  # epoch 1 warms up
     summary = {
-        "strategy": cfg.strategy, "backbone": cfg.backbone, "device": str(device), **fitted.setup,
+        "strategy": cfg.strategy, "backbone": cfg.backbone, "device": str(device), **shipped.run.setup,
         "epochs_run": len(history), "best_epoch": state.stopper.best_epoch,
         "train_images": len(train_df), "val_acc": round(val["acc"], 4), "val_macro_f1": round(val["macro_f1"], 4),
         **calibration,

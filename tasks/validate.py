@@ -28,6 +28,8 @@ from tasks.data.layout import check_layout, check_outputs_outside, resolve_root
 from tasks.data.manifest import NOT_FOLLOWED, build_manifest, class_counts, write_manifest
 from tasks.data.validation_report import build_report, console_summary, failure_message, write_reports
 
+PARAMS = ["data.root", "validate"]
+
 REPORT_DIR = Path("reports/validate")
 
 

@@ -17,9 +17,19 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.common.config import Params, parse_params
+from flows.settings import FlowParams
+from service.settings import ServiceParams
+from tasks.common.config import parse_params
+from tasks.common.threads import THREADS_ENV, cores, use_cores
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# The test workers run side by side: each computes on its share of the cores, in its own process and
+# in every process it starts (they inherit the variable), never on all of them.
+os.environ[THREADS_ENV] = os.environ["OMP_NUM_THREADS"] = str(cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+import torch  # noqa: E402, F401  (loaded after tasks, which sets OMP_WAIT_POLICY first; use_cores sizes it)
+
+use_cores()
 
 # Every test belongs to one area (`pytest -m serving` runs one); pyproject.toml describes each.
 AREAS = ("data", "labelling", "training", "evaluation", "serving", "monitoring", "ops", "pipeline")
@@ -97,12 +107,16 @@ def write_image_set(root: Path, classes: dict[str, int], size: int = 16, seed: i
     return written
 
 
-def make_params(**sections) -> Params:
+class AllParams(FlowParams, ServiceParams):
+    """Every section of params.yaml: what the stages, the flows, the search and the service read."""
+
+
+def make_params(**sections) -> AllParams:
     """Project params.yaml with the given sections overridden (dicts merge one level deep)."""
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
-    return parse_params(raw)
+    return parse_params(raw, model=AllParams)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ TEMPERATURE = 3.0  # the service must divide the logits by the bundle's temperat
 
 def write_evaluated_bundle(workdir: Path, temperature: float = TEMPERATURE, runtimes: bool = True) -> None:
     """What train + evaluate leave behind: models/, metrics.json, the training split and, with
-    `runtimes`, runtime/ as the evaluate stage chooses it (package.runtime auto), the images as test split."""
+    `runtimes`, runtime/ as the evaluate stage chooses it (evaluate.runtime auto), the images as test split."""
     paths = write_image_set(workdir / "images", CLASSES, seed=0)
     labels = sorted(CLASSES)
     torch.manual_seed(0)

@@ -114,8 +114,7 @@ def test_slices_bucket_each_property_in_equal_counts():
 
 
 def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_path, image_root):
-    params = prepare(tmp_path, image_root, train={"epochs": 3, "lr": 0.005}, evaluate={"worst_mistakes": 4},
-                     package={"runtime": "torch"})  # nothing exported: tests/test_runtimes.py covers that
+    params = prepare(tmp_path, image_root, train={"epochs": 3, "lr": 0.005}, evaluate={"worst_mistakes": 4, "runtime": "torch"})  # nothing exported: tests/test_runtimes.py covers that
     summary = train.run(params, tmp_path)
     bundle = load_bundle(tmp_path / paths.MODEL_DIR)
     assert bundle.temperature == summary["temperature"] != 1.0 and bundle.tta == "none"

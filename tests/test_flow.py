@@ -159,6 +159,22 @@ def assert_code_edits_change_only_the_stages_that_run_them(repo: Path) -> None:
     assert changed_stages(repo) == set()
 
 
+def test_settings_outside_the_stages_re_run_nothing(trained: Trained, tmp_path):
+    """ops, tune and labels.review_dir are read by flows, the search and the review flow only: editing
+    them (or the models that validate ops and tune) leaves every stage up to date; service.uncertain
+    re-runs only the package stage, whose Bento carries params.yaml."""
+    repo = copy_trained(trained, tmp_path / "copy").repo
+    before = changed_stages(repo)  # the gate, once: the promotion changed the production pointer it reads
+    set_params(repo, "ops", service_port=3100, data_check_seconds=5)
+    set_params(repo, "tune", trials=3)
+    set_params(repo, "labels", review_dir="data/other-reviews")
+    settings = repo / "tasks/tuning/settings.py"
+    settings.write_text(settings.read_text() + "\n# an edit\n")
+    assert changed_stages(repo) == before
+    set_params(repo, "service", uncertain={"margin": 0.1, "max_mb": 1024, "days": 90})
+    assert changed_stages(repo) == before | {"package"}
+
+
 @pytest.mark.slow(reason="trains a second model and runs every stage after train again")
 def test_flow_stops_before_promotion_when_the_gate_refuses(trained: Trained, tmp_path, monkeypatch, caplog):
     project = copy_trained(trained, tmp_path / "copy")

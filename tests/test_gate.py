@@ -113,7 +113,7 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
     assert production.promote(tmp_path) == entry and (tmp_path / paths.POINTER).read_bytes() == promoted
 
     # A challenger whose new head never learned: the champion, scored from the model store, wins.
-    worse = prepare(tmp_path, image_root, train={"epochs": 1, "lr": 1e-9}, package={"runtime": "torch"})
+    worse = prepare(tmp_path, image_root, train={"epochs": 1, "lr": 1e-9}, evaluate={"runtime": "torch"})
     train.run(worse, tmp_path)
     evaluate.run(worse, tmp_path)
     result = gate.run(worse, tmp_path)
@@ -134,7 +134,7 @@ def test_promote_refuse_and_rollback_with_real_models(tmp_path, image_root, monk
 
 def test_gate_names_a_production_model_missing_from_the_store(tmp_path, image_root, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    params = prepare(tmp_path, image_root, train={"epochs": 1}, package={"runtime": "torch"})
+    params = prepare(tmp_path, image_root, train={"epochs": 1}, evaluate={"runtime": "torch"})
     train.run(params, tmp_path)
     evaluate.run(params, tmp_path)
     registry.write_pointer(tmp_path / paths.POINTER, {

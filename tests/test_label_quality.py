@@ -11,6 +11,7 @@ from tasks import label_quality
 from tasks.common.config import UserError
 from tasks.common.files import sha256
 from tasks.common.paths import SUSPECTS_CSV
+from tasks.training.folds import kfold
 from tests.conftest import make_params, write_splits
 
 pytestmark = pytest.mark.labelling
@@ -80,3 +81,15 @@ def test_more_folds_than_images_of_a_class_is_one_clear_line(tmp_path):
     write_splits(tmp_path, {"train": 2, "val": 1, "test": 1})
     with pytest.raises(UserError, match=r"labels\.folds: 5 folds need at least 5 .* lower labels\.folds"):
         label_quality.run(make_params(labels={**FAST, "folds": 5}, train=TRAIN), tmp_path)
+
+
+def test_the_folds_hold_each_image_out_once_and_a_duplicate_group_whole():
+    frame = pd.DataFrame({"file": [f"f{i}" for i in range(18)], "label": ["cat", "dog", "fox"] * 6,
+                          "duplicate_group": ["4", "-1", "-1", "4"] + ["-1"] * 14})  # f0 and f3: one cat, twice
+    folds = list(kfold(frame, 3, seed=0, setting="labels.folds"))
+    assert [fold for fold, _, _ in folds] == [0, 1, 2]
+    assert sorted(f for _, _, held in folds for f in held["file"]) == sorted(frame["file"])
+    assert all(set(fit["file"]).isdisjoint(held["file"]) and len(fit) + len(held) == 18 for _, fit, held in folds)
+    assert [{"f0", "f3"} <= set(held["file"]) for _, _, held in folds].count(True) == 1
+    with pytest.raises(UserError, match=r"labels\.folds: 7 folds need at least 7"):
+        kfold(frame, 7, seed=0, setting="labels.folds")  # at the call, before any fold trains

@@ -8,13 +8,16 @@ import pytest
 import yaml
 
 from tasks.common.code_deps import (
+    declared_params,
     direct_imports,
     import_closure,
     import_graph,
     stage_code,
+    stage_module,
     stale_code_deps,
     write_code_deps,
 )
+from tasks.training.checkpoint import TRAIN_STAGE
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.pipeline
@@ -43,8 +46,27 @@ def test_no_import_cycle_in_the_project():
     graphlib.TopologicalSorter(import_graph()).prepare()  # raises CycleError naming the cycle
 
 
-def test_dvc_code_deps_follow_the_imports():
+def test_dvc_code_deps_and_params_follow_the_imports_and_params_lists():
     assert stale_code_deps() == {}, "run: python -m tasks.common.code_deps --write"
+
+
+def test_every_stage_lists_the_params_it_reads():
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert {name: declared_params(stage_module(stage)) is not None for name, stage in stages.items()} == \
+        dict.fromkeys(stages, True)
+
+
+def test_the_settings_of_flows_search_and_service_are_no_stage_code():
+    """ops, tune and service are validated where they are read; no stage runs those modules, so editing
+    them re-runs no stage and keeps a training checkpoint resumable (its fingerprint hashes the train
+    stage's code). The package stage builds service/ into the Bento, service/settings.py included."""
+    owners = {"flows/settings.py", "tasks/tuning/settings.py", "service/settings.py"}
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert {name: sorted(owners & set(stage_code(stage))) for name, stage in stages.items()} == \
+        {name: [] for name in stages}
+    assert "service" in stages["package"]["deps"]
+    trained = {f.relative_to(PROJECT_ROOT).as_posix() for f in import_closure([TRAIN_STAGE])}
+    assert not owners & trained and "tasks/common/config.py" in trained
 
 
 def test_closure_follows_every_kind_of_import(tmp_path):

@@ -37,9 +37,9 @@ def test_a_named_runtime_is_taken_even_outside_the_budget_and_one_that_could_not
     measured["onnx"] = {"error": "UnsupportedOperatorError: aten::foo"}
 
     name, reason = choose(measured, "onnx-int8", 0.3)
-    assert name == "onnx-int8" and reason == "package.runtime is onnx-int8 (test accuracy 10.00 points below PyTorch's)"
-    with pytest.raises(UserError, match=r"^package.runtime is onnx, which cannot be made for this model "
-                                        r"\(UnsupportedOperatorError: aten::foo\); set package.runtime: auto or torch$"):
+    assert name == "onnx-int8" and reason == "evaluate.runtime is onnx-int8 (test accuracy 10.00 points below PyTorch's)"
+    with pytest.raises(UserError, match=r"^evaluate.runtime is onnx, which cannot be made for this model "
+                                        r"\(UnsupportedOperatorError: aten::foo\); set evaluate.runtime: auto or torch$"):
         choose(measured, "onnx", 0.3)
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from service.access import TOKEN_ENV
 from service.admission import MAX_IN_FLIGHT_ENV
+from service.settings import ServiceParams
 from tasks import package
 from tasks.common.config import UserError, load_params
 from tasks.common.files import sha256
@@ -303,13 +304,13 @@ def test_traffic_is_logged_for_monitoring(server: dict, samples: dict[str, Path]
 
 def test_the_least_sure_images_are_kept_for_review_and_only_those(server: dict, samples: dict[str, Path]):
     """Blends of a cat and a dog image, from mostly cat to mostly dog: those the model calls with a
-    top-two margin below labels.uncertain.margin are kept with their record, the rest are not."""
+    top-two margin below service.uncertain.margin are kept with their record, the rest are not."""
     cat, dog = open_rgb(samples["cat"]), open_rgb(samples["dog"])
     blends = [Image.blend(cat, dog, t) for t in np.linspace(0.0, 1.0, 21)]
     files = [("images", (f"blend_{i:02d}.png", png_bytes(img), "image/png")) for i, img in enumerate(blends)]
     resp = classify(server["url"], files, data={"top_k": "2"})
     assert resp.status_code == 200, resp.text
-    below = load_params().labels.uncertain.margin
+    below = load_params(model=ServiceParams).service.uncertain.margin
     margins = {r["filename"]: r["predictions"][0]["probability"] - r["predictions"][1]["probability"]
                for r in resp.json()["results"]}
     queue = kept(queue_dir(server["traffic"]))

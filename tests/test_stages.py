@@ -112,7 +112,7 @@ def test_train_and_evaluate_write_a_working_bundle(tmp_path, image_root):
     # Eight short epochs: enough steps for BatchNorm statistics to settle on these flat images.
     params = prepare(tmp_path, image_root, train={"epochs": 8, "lr": 0.005,
                                                   "early_stopping": {"metric": "accuracy", "patience": 0, "min_delta": 0}},
-                     package={"runtime": "torch"})
+                     evaluate={"runtime": "torch"})
     summary = train.run(params, tmp_path)
     assert summary["epochs_run"] == 8 and summary["device"] == "cpu"
     history = pd.read_csv(tmp_path / train.HISTORY_CSV)

@@ -1,4 +1,4 @@
-"""The fine-tuning engine: strategies, seeds, resume, data parallelism, input paths, early stopping."""
+"""The fine-tuning engine: strategies, seeds, resume, data parallelism, input paths, early stopping, what a run ships."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,6 +20,7 @@ from tasks import train
 from tasks.common import paths
 from tasks.common.code_deps import import_closure
 from tasks.common.config import UserError
+from tasks.data.splits import class_indices, read_split
 from tasks.model.backbones import create_backbone, head_module, resolve_inputs
 from tasks.model.bundle import WEIGHTS_FILE, load_bundle
 from tasks.training import checkpoint
@@ -26,6 +28,7 @@ from tasks.training.batches import TensorBatches, epoch_order
 from tasks.training.distributed import World
 from tasks.training.image_cache import KEEP, image_cache, square_pixels
 from tasks.training.optim import EarlyStopping, make_loss, sample_weights
+from tasks.training.shipped import ShippedModel
 from tasks.training.strategies import layer_groups, param_groups, set_trainable, trainable_groups
 from tests.conftest import PROJECT_ROOT, make_params, write_splits
 
@@ -264,6 +267,33 @@ def test_ema_weights_are_the_ones_saved(tmp_path):
     plain, ema = bundle_tensors(tmp_path / "plain"), bundle_tensors(tmp_path / "ema")
     assert not torch.equal(plain["classifier.weight"], ema["classifier.weight"])
     assert history(tmp_path / "ema")["val_loss"].notna().all()
+
+
+def test_the_shipped_weights_are_the_judged_ones_of_the_best_or_the_last_epoch(splits):
+    never_better = {"metric": "loss", "patience": 0, "min_delta": 100.0}  # epoch 1 is the best of 3
+    cfg = resolve_inputs(train_params(epochs=3, ema_decay=0.9, early_stopping=never_better).train)
+    train_df, val_df = read_split(splits, "train"), read_split(splits, "val")
+    labels, ckpt_dir = ["cat", "dog", "fox"], splits / checkpoint.CHECKPOINT_DIR
+
+    def ship(select: str) -> ShippedModel:  # the second call resumes the finished run from its checkpoint
+        return ShippedModel.fit(cfg, splits, World(), train_df, val_df, labels, "run", ckpt_dir, select=select)
+
+    best, last = ship("best").model.state_dict(), ship("last")
+    saved_best = torch.load(ckpt_dir / checkpoint.BEST, weights_only=True)
+    saved_last = torch.load(ckpt_dir / checkpoint.LAST, weights_only=True)
+    weights = [k for k in best if "running" not in k and "batches" not in k]  # BatchNorm statistics are refreshed
+    assert saved_best["epoch"] == 1 and saved_last["epoch"] == 3
+    assert all(torch.equal(best[k].cpu(), saved_best["model"][k]) for k in weights)
+    shipped_last = last.model.state_dict()
+    assert all(torch.equal(shipped_last[k].cpu(), saved_last["ema"][f"module.{k}"]) for k in weights)  # the EMA copy
+    assert not torch.equal(shipped_last["classifier.weight"].cpu(), saved_last["model"]["classifier.weight"])
+    assert not torch.equal(shipped_last["classifier.weight"], best["classifier.weight"])
+
+    probs = last.probabilities(val_df.assign(label="unseen"))  # labels are not read
+    assert probs.shape == (len(val_df), 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    score = last.score(val_df)
+    assert score["acc"] == pytest.approx(float((probs.argmax(1) == class_indices(val_df, labels)).mean()))
+    assert last.features(val_df).shape[0] == len(val_df)
 
 
 @pytest.mark.parametrize(

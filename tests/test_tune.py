@@ -20,6 +20,10 @@ from optuna.trial import TrialState
 from tasks import tune
 from tasks.common.config import UserError, load_params, parse_params
 from tasks.tuning import study as studies
+from tasks.tuning.apply import adopt
+from tasks.tuning.report import REPORT_DIR
+from tasks.tuning.search import FINISHED
+from tasks.tuning.settings import TuningParams
 from tasks.tuning.space import parse_space
 from tests.conftest import PROJECT_ROOT, free_port, make_params, write_splits
 from tests.postgres import postgres_bin, running_postgres
@@ -50,13 +54,13 @@ def test_a_bad_search_space_gets_one_line(space: dict, message: str):
 
 
 def test_the_projects_space_is_valid_and_reaches_nested_settings():
-    params = load_params(PROJECT_ROOT / "params.yaml")
+    params = load_params(PROJECT_ROOT / "params.yaml", TuningParams)
     assert set(parse_space(params.tune.space, params.train)) == set(params.tune.space)
     nested = parse_space({"train.augment.mixup_alpha": [0.0, 0.2]}, params.train)
     assert nested == {"train.augment.mixup_alpha": [0.0, 0.2]}
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     with pytest.raises(UserError, match="tune.trials: Input should be greater than or equal to 1"):
-        parse_params({**raw, "tune": {**raw["tune"], "trials": 0}})
+        parse_params({**raw, "tune": {**raw["tune"], "trials": 0}}, model=TuningParams)
 
 
 def test_a_study_starts_from_the_written_recipe_and_continues_where_it_stopped(tmp_path: Path):
@@ -69,7 +73,7 @@ def test_a_study_starts_from_the_written_recipe_and_continues_where_it_stopped(t
 
     assert first["trials"]["complete"] + first["trials"]["pruned"] == 3 and first["trials"]["running"] == 0
     assert first["params_yaml_recipe"]["number"] == 0
-    report = json.loads((tmp_path / tune.REPORT_DIR / "study.json").read_text())
+    report = json.loads((tmp_path / REPORT_DIR / "study.json").read_text())
     assert report["all_trials"][0]["params"] == {"train.lr": 0.002, "train.strategy": "full"}
     for trial in report["all_trials"]:
         assert 0.0005 <= trial["params"]["train.lr"] <= 0.02 or trial["number"] == 0
@@ -109,7 +113,7 @@ def searching(trials: int, epochs: int = 3) -> dict:
 
 
 def load(workdir: Path, params) -> optuna.Study:
-    return optuna.load_study(study_name=studies.study_name(workdir, tune.question(params)), storage=studies.open_storage(workdir, params)[0])
+    return optuna.load_study(study_name=studies.study_name(workdir, studies.question(params)), storage=studies.open_storage(workdir, params)[0])
 
 
 def trials_run(*outputs: str) -> list[int]:
@@ -141,7 +145,7 @@ def test_a_killed_study_continues_with_the_same_command(tmp_path: Path):
     assert study.trials[1].state == TrialState.FAIL  # the killed trial: marked, never a result
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
     assert len(retry) == 1 and retry[0].params == study.trials[1].params  # run again once, same values
-    assert sum(t.state in tune.FINISHED for t in study.trials) == 4
+    assert sum(t.state in FINISHED for t in study.trials) == 4
     assert 0 not in trials_run(again) and '"marked_failed_now": [1]' in again
 
 
@@ -156,8 +160,8 @@ def test_two_processes_share_one_study_and_run_no_trial_twice(tmp_path: Path):
     assert all(trials_run(out) for out in outputs), "one of the processes never ran a trial"
     assert [t.user_attrs.get("recipe") for t in study.trials].count("params.yaml") == 1
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2
-    assert 6 <= sum(t.state in tune.FINISHED for t in study.trials) <= 7  # the last may overlap by one
-    assert all(t.state in tune.FINISHED for t in study.trials)
+    assert 6 <= sum(t.state in FINISHED for t in study.trials) <= 7  # the last may overlap by one
+    assert all(t.state in FINISHED for t in study.trials)
 
 
 def test_an_unreachable_study_database_gets_one_line(tmp_path: Path, monkeypatch):
@@ -182,14 +186,14 @@ def test_two_processes_share_one_study_in_postgresql(tmp_path: Path):
         env = {studies.STORAGE_ENV: url}
         outputs = [finished(p) for p in [start_tune(tmp_path, params, env=env), start_tune(tmp_path, params, env=env)]]
         storage = optuna.storages.RDBStorage(url)
-        study = optuna.load_study(study_name=studies.study_name(tmp_path, tune.question(params)), storage=storage)
+        study = optuna.load_study(study_name=studies.study_name(tmp_path, studies.question(params)), storage=storage)
         trials = study.trials
         storage.engine.dispose()
 
     started = trials_run(*outputs)
     assert sorted(started) == sorted(set(started)) and all(trials_run(out) for out in outputs)
     assert [t.user_attrs.get("recipe") for t in trials].count("params.yaml") == 1
-    assert 6 <= sum(t.state in tune.FINISHED for t in trials) <= 7 and all(t.state in tune.FINISHED for t in trials)
+    assert 6 <= sum(t.state in FINISHED for t in trials) <= 7 and all(t.state in FINISHED for t in trials)
     assert not (tmp_path / ".ops/tune/journal.log").exists()  # the database held the study, not the journal
     assert '"storage": "127.0.0.1:' in outputs[0] and url.split("@")[0] not in "".join(outputs)  # no password shown
 
@@ -200,7 +204,7 @@ def test_folds_score_a_trial_by_the_mean_over_train_and_val(tmp_path: Path):
 
     summary = tune.run(params, tmp_path)
 
-    trials = json.loads((tmp_path / tune.REPORT_DIR / "study.json").read_text())["all_trials"]
+    trials = json.loads((tmp_path / REPORT_DIR / "study.json").read_text())["all_trials"]
     for trial in trials:
         assert len(trial["fold_values"]) == 3 and trial["value"] == pytest.approx(sum(trial["fold_values"]) / 3)
     assert summary["best"]["fold_std"] is not None
@@ -210,8 +214,9 @@ def test_folds_score_a_trial_by_the_mean_over_train_and_val(tmp_path: Path):
 
 @pytest.mark.slow(reason="a recipe search on the trained project, then its best trial as a DVC experiment")
 def test_the_tune_flow_runs_the_best_recipe_as_a_dvc_experiment(trained, tmp_path: Path, monkeypatch):
-    from flows.tune import tune as tune_flow
     from prefect.client.orchestration import get_client
+
+    from flows.tune import tune as tune_flow
 
     repo = under_git(copy_trained(trained, tmp_path / "copy").repo)
     # params.yaml's recipe cannot learn in one epoch at that rate; the space only holds recipes that can.
@@ -245,7 +250,7 @@ def test_the_tune_flow_runs_the_best_recipe_as_a_dvc_experiment(trained, tmp_pat
     [result] = [a for a in artifact if a.key == "tune-result"]
     assert "| train.lr |" in result.data and "no production model yet" not in result.data
 
-    changes = tune.adopt(summary, repo, "apply")  # --apply instead: params.yaml takes the best values
+    changes = adopt(summary, repo, "apply")  # --apply instead: params.yaml takes the best values
 
     assert changes.startswith("params.yaml: train.lr: 1.0e-07 -> ") and "train.epochs: 1 -> 10" in changes
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == pytest.approx(

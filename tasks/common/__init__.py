@@ -1,1 +1,3 @@
-"""What several stages share and nothing else: params.yaml models, shared paths, the stage CLI, file helpers."""
+"""What several stages share and nothing else: params.yaml models and the keys a stage may read, shared
+paths, the stage CLI, file helpers, parallel maps over files, the compute threads of a process, and
+dvc.yaml's code and params deps."""

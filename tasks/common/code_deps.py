@@ -1,14 +1,16 @@
 """The project files a piece of code runs: its imports, followed through the project, as files.
 
 Read from the source with `ast`, never by importing, so it takes milliseconds and also sees imports
-made inside functions. Two things rest on it:
+made inside functions. Three things rest on it:
 
 - the code dependencies of every stage in dvc.yaml: the stage module and every project module it
   imports, directly or through others, so that editing any of them makes `dvc status` report the
-  stage (and no other) as changed. Check them, or write them after changing imports:
+  stage (and no other) as changed;
+- the params dependencies of every stage: the keys its module lists in PARAMS, which the stage
+  CLI holds it to (tasks/common/reads.py). Check both, or write both after changing imports or PARAMS:
 
       python -m tasks.common.code_deps            # exit 1 and a list of differences when out of date
-      python -m tasks.common.code_deps --write    # rewrite the code entries of each stage's deps
+      python -m tasks.common.code_deps --write    # rewrite each stage's code deps and params (make deps)
 
 - the train stage's checkpoint fingerprint, which hashes the code training runs
   (tasks/training/checkpoint.py): a run is not resumed by a different program.
@@ -102,13 +104,31 @@ def stage_code(stage: dict, root: Path = PROJECT_ROOT) -> list[str]:
 
     Files inside a folder dependency are left out: the folder already covers them.
     """
-    words = str(stage["cmd"]).split()
-    entries = [module_file(words[words.index("-m") + 1], root)] if "-m" in words else []
+    entries = [stage_module(stage, root)]
     folders = [d for d in map(str, stage.get("deps", [])) if d.split("/")[0] in PACKAGES and (root / d).is_dir()]
     for folder in folders:
         entries += sorted((root / folder).rglob("*.py"))
     deps = [f.relative_to(root).as_posix() for f in import_closure([e for e in entries if e], root)]
     return [d for d in deps if not any(d.startswith(folder.rstrip("/") + "/") for folder in folders)]
+
+
+def stage_module(stage: dict, root: Path = PROJECT_ROOT) -> Path | None:
+    """The file of the module a stage runs (`python -m <module>`), if any."""
+    words = str(stage["cmd"]).split()
+    return module_file(words[words.index("-m") + 1], root) if "-m" in words else None
+
+
+def declared_params(module: Path) -> list[str] | None:
+    """The module's PARAMS: the params.yaml keys it reads (a literal list), or None without one."""
+    for node in ast.parse(module.read_text(), str(module)).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PARAMS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return None
+
+
+def stage_params(stage: dict, root: Path = PROJECT_ROOT) -> list[str] | None:
+    module = stage_module(stage, root)
+    return declared_params(module) if module else None
 
 
 def _load(root: Path):
@@ -122,30 +142,39 @@ def _load(root: Path):
 
 
 def stale_code_deps(root: Path = PROJECT_ROOT) -> dict[str, dict[str, list[str]]]:
-    """Per stage whose listed code deps differ from what it imports: {"missing": [...], "extra": [...]}."""
+    """Per stage whose listed code deps or params differ from what it imports or declares:
+    {"missing": [...], "extra": [...]} (params as "params.yaml:<key>")."""
     _, doc = _load(root)
     stale = {}
     for name, stage in doc["stages"].items():
         listed = {str(d) for d in stage.get("deps", []) if is_code(str(d), root)}
         wanted = set(stage_code(stage, root))
+        declared = stage_params(stage, root)
+        if declared is not None:
+            listed |= {f"params.yaml:{key}" for key in map(str, stage.get("params", []))}
+            wanted |= {f"params.yaml:{key}" for key in declared}
         if listed != wanted:
             stale[name] = {"missing": sorted(wanted - listed), "extra": sorted(listed - wanted)}
     return stale
 
 
 def write_code_deps(root: Path = PROJECT_ROOT) -> list[str]:
-    """Rewrite each stage's code deps: its other deps as they are, then its code; returns the stages changed."""
+    """Rewrite each stage's code deps (its other deps as they are, then its code) and its params (from
+    its module's PARAMS); returns the stages changed."""
     yaml, doc = _load(root)
     changed = []
     for name, stage in doc["stages"].items():
         deps = stage.get("deps", [])
-        code = stage_code(stage, root)
-        if [str(d) for d in deps if is_code(str(d), root)] == code:
+        code, declared = stage_code(stage, root), stage_params(stage, root)
+        params_stale = declared is not None and [str(p) for p in stage.get("params", [])] != declared
+        if [str(d) for d in deps if is_code(str(d), root)] == code and not params_stale:
             continue
         for i in reversed(range(len(deps))):
             if is_code(str(deps[i]), root):
                 del deps[i]
         deps.extend(code)
+        if params_stale:
+            stage["params"] = declared
         changed.append(name)
     if changed:
         with open(root / DVC_YAML, "w") as out:
@@ -153,14 +182,14 @@ def write_code_deps(root: Path = PROJECT_ROOT) -> list[str]:
     return changed
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.common.code_deps", description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml's stages")
     args = parser.parse_args(argv)
     if args.write:
         changed = write_code_deps()
-        print(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed
-              else "dvc.yaml: code deps up to date")
+        print(f"dvc.yaml: code deps and params rewritten for {', '.join(changed)}" if changed
+              else "dvc.yaml: code deps and params up to date")
         return 0
     stale = stale_code_deps()
     for name, diff in stale.items():
@@ -168,11 +197,11 @@ def main(argv: list[str]) -> int:
             if files:
                 print(f"{name}: {kind} {', '.join(files)}")
     if stale:
-        print("dvc.yaml code deps are out of date; fix them with: python -m tasks.common.code_deps --write")
+        print("dvc.yaml code deps or params are out of date; fix them with: python -m tasks.common.code_deps --write")
         return 1
-    print("dvc.yaml: code deps up to date")
+    print("dvc.yaml: code deps and params up to date")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

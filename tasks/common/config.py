@@ -1,19 +1,29 @@
-"""params.yaml: one section per stage, each validated by a pydantic model before the stage runs.
+"""params.yaml: the stages' sections, each validated by a pydantic model before the stage runs.
 
-A bad key or value fails with one line naming the key and what is allowed, never a traceback.
+Each section belongs to what reads it. The stages' sections are defined here; `ops`, `tune` and
+`service` are defined by their readers (OWNED_ELSEWHERE), so that editing them never re-runs a stage
+or invalidates a training checkpoint. A reader parses params.yaml with its own model: the stages'
+`Params`, or one extending it. A bad key or value fails with one line naming the key and what is
+allowed, never a traceback; a key that moved is read from its old place with a one-line notice.
 """
 from __future__ import annotations
 
-from datetime import datetime
+import sys
 from pathlib import Path
-from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Literal, TypeVar
 
 import yaml
-from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# Top-level sections whose models live with their readers, not here.
+OWNED_ELSEWHERE = {"ops": "flows/settings.py", "tune": "tasks/tuning/settings.py", "service": "service/settings.py"}
+# Keys that moved to the section of what reads them: old -> new. Still read, with a one-line notice.
+MOVED = {
+    "package.runtime": "evaluate.runtime",
+    "package.max_accuracy_drop": "evaluate.max_accuracy_drop",
+    "labels.uncertain": "service.uncertain",
+}
 
 
 class UserError(ValueError):
@@ -223,12 +233,6 @@ class TrainParams(Section):
         return self
 
 
-class UncertainParams(Section):
-    margin: float = Field(ge=0.0, le=1.0, description="served images with a top-two margin below this are kept; 0: none")
-    max_mb: float = Field(gt=0.0, description="the kept images' disk cap")
-    days: float = Field(gt=0.0, description="kept images older than this are deleted")
-
-
 class LabelsParams(Section):
     folds: StrictInt = Field(ge=2, le=20, description="cross-validation folds over train + val")
     strategy: Literal["linear_probe", "full", "gradual"]
@@ -238,7 +242,6 @@ class LabelsParams(Section):
     warn_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels is reported as a warning")
     max_share: float = Field(ge=0.0, le=1.0, description="a larger share of suspect labels stops the pipeline")
     shown: StrictInt = Field(ge=0, description="suspects shown with thumbnails on the page")
-    uncertain: UncertainParams
     review_dir: str = Field(description="the review log and the images reviewers rejected (DVC-tracked)")
 
     @model_validator(mode="after")
@@ -251,6 +254,7 @@ class LabelsParams(Section):
 class InferenceParams(Section):
     temperature_scaling: bool
     tta: Literal["none", "hflip"]
+    device: Literal["auto", "cpu", "cuda"] = Field(description="where evaluate, gate and monitor run the network")
 
 
 class EvaluateParams(Section):
@@ -259,6 +263,10 @@ class EvaluateParams(Section):
     calibration_bins: int = Field(ge=2, le=100)
     worst_mistakes: int = Field(ge=0, le=100)
     slice_buckets: int = Field(ge=1, le=10)
+    runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="what runs the served network; auto: the fastest measured within max_accuracy_drop")
+    max_accuracy_drop: float = Field(
+        0.3, ge=0.0, le=100.0, description="test accuracy points auto may give up against PyTorch for speed")
 
 
 class GateParams(Section):
@@ -268,10 +276,6 @@ class GateParams(Section):
 
 class PackageParams(Section):
     model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
-        "auto", description="what runs the served network; auto: the fastest measured within max_accuracy_drop")
-    max_accuracy_drop: float = Field(
-        0.3, ge=0.0, le=100.0, description="test accuracy points auto may give up against PyTorch for speed")
 
 
 class MonitorParams(Section):
@@ -282,102 +286,9 @@ class MonitorParams(Section):
     drift_share: float = Field(gt=0.0, le=1.0)
 
 
-class RetrainOps(Section):
-    cron: str = Field(description="when the scheduled retrain runs (five-field cron, ops.timezone)")
-    cooldown_minutes: StrictInt = Field(ge=0, description="a retrain this soon after the last one is skipped")
-    on_drift: bool
-    on_new_data: bool
-
-    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
-
-
-class MonitorOps(Section):
-    cron: str
-    window_minutes: StrictInt = Field(ge=0, description="0: the traffic since the last window")
-
-    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
-
-
-class ReviewOps(Section):
-    cron: str = Field(description="when new review tasks are sent to Label Studio and finished reviews applied")
-    drift_images: StrictInt = Field(ge=0, description="a drifted window's least sure images sent for review at once")
-
-    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
-
-
-class RetentionOps(Section):
-    cron: str = Field(description="when the housekeeping deployment prunes what the stack keeps")
-    flow_run_days: StrictInt = Field(ge=1, description="flow runs that ended longer ago are deleted, except retrains")
-    traffic_days: StrictInt = Field(ge=1, description="traffic log files last written longer ago are deleted")
-    windows: StrictInt = Field(ge=1, description="monitor windows whose reports and snapshots are kept")
-    promotions: StrictInt = Field(ge=0, description="Bentos kept in deploy/store besides production's")
-
-    _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
-
-
-class TuneOps(Section):
-    cron: str | None = Field(description="when the tune deployment continues the recipe search (null: on demand only)")
-
-    _cron = field_validator("cron")(lambda cls, value: value if value is None else _check_cron(value))
-
-
-class OpsParams(Section):
-    home: str
-    host: str
-    prefect_port: StrictInt = Field(ge=1, le=65535)
-    evidently_port: StrictInt = Field(ge=1, le=65535)
-    service_port: StrictInt = Field(ge=1, le=65535)
-    label_studio_port: StrictInt = Field(ge=1, le=65535)
-    timezone: str
-    work_pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    data_check_seconds: StrictInt = Field(ge=1, description="how often the data watcher polls data.root")
-    retrain: RetrainOps
-    monitor: MonitorOps
-    review: ReviewOps
-    retention: RetentionOps
-    tune: TuneOps
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ValueError, ZoneInfoNotFoundError):
-            raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Berlin") from None
-        return value
-
-    @model_validator(mode="after")
-    def _ports(self) -> "OpsParams":
-        ports = [self.prefect_port, self.evidently_port, self.service_port, self.label_studio_port]
-        if len(set(ports)) < len(ports):
-            raise ValueError("prefect_port, evidently_port, service_port and label_studio_port must differ")
-        return self
-
-
-def _check_cron(value: str) -> str:
-    """Five cron fields (minute hour day month weekday), as Prefect's schedules take them."""
-    if len(value.split()) != 5:
-        raise ValueError("a cron schedule has five fields: minute hour day-of-month month day-of-week, "
-                         "e.g. '0 3 * * 1' for Mondays at 03:00")
-    try:
-        CronSim(value, datetime(2000, 1, 1))
-    except CronSimError as err:
-        raise ValueError(f"invalid cron schedule ({err}); e.g. '0 * * * *' for hourly") from None
-    return value
-
-
-class TuneParams(Section):
-    trials: StrictInt = Field(ge=1, description="the study's budget of finished trials")
-    minutes: float = Field(ge=0, description="this command's time budget (0: none)")
-    parallel: StrictInt = Field(ge=1, description="search processes side by side on this machine")
-    folds: StrictInt = Field(ge=1, description="1: score on val; K > 1: mean of K folds of train and val")
-    pruner: Literal["median", "hyperband"]
-    seed: int
-    space: dict[str, Any] = Field(min_length=1, description="train.* keys and their ranges or choices; "
-                                                          "checked against the train section by tasks/tuning/space.py")
-
-
 class Params(Section):
+    """The stages' sections. Flows, the service and the recipe search extend it with their own."""
+
     data: DataParams
     sample: SampleParams
     validate_: ValidateParams = Field(alias="validate")
@@ -390,10 +301,12 @@ class Params(Section):
     gate: GateParams
     package: PackageParams
     monitor: MonitorParams
-    ops: OpsParams
-    tune: TuneParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+_told: set[str] = set()  # moved keys already announced by this process
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -411,17 +324,55 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{more}"
 
 
-def parse_params(raw: dict, source: str = PARAMS_FILE) -> Params:
-    """Validate a params mapping; raise UserError with one line on the first problem."""
+def _moved_keys(raw: dict, source: str) -> dict:
+    """raw with each moved key read at its new place (unless that is set too), announced once."""
+    raw = {name: dict(section) if isinstance(section, dict) else section for name, section in raw.items()}
+    for old, new in MOVED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if not isinstance(raw.get(old_section), dict) or old_key not in raw[old_section]:
+            continue
+        value = raw[old_section].pop(old_key)
+        target = raw.setdefault(new_section, {})
+        if isinstance(target, dict) and new_key not in target:
+            target[new_key] = value
+        if old not in _told:
+            _told.add(old)
+            print(f"{source}: {old} is now {new}; rename it (its value is used meanwhile)", file=sys.stderr)
+    inference, train = raw.get("inference"), raw.get("train")
+    if isinstance(inference, dict) and "device" not in inference and isinstance(train, dict) and "device" in train:
+        inference["device"] = train["device"]  # before inference.device, scoring ran where training did
+        if "inference.device" not in _told:
+            _told.add("inference.device")
+            print(f"{source}: inference.device is not set; scoring uses train.device ({train['device']}) as "
+                  "before; add inference.device", file=sys.stderr)
+    return raw
+
+
+def _sections(model: type[BaseModel]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+def parse_params(raw: dict, source: str = PARAMS_FILE, model: type[Model] = Params) -> Model:
+    """Validate the sections `model` declares; raise UserError with one line on the first problem.
+
+    Sections owned by other readers (OWNED_ELSEWHERE) are left to them; any other unknown one fails.
+    """
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = _moved_keys(raw, source)
+    declared = _sections(model)
+    unknown = [name for name in raw if name not in declared | _sections(Params) | set(OWNED_ELSEWHERE)]
+    if unknown:
+        raise UserError(f"{source}: {unknown[0]}: unknown key; check the spelling against params.yaml in the project "
+                        "template")
     try:
-        return Params.model_validate(raw)
+        return model.model_validate({name: value for name, value in raw.items() if name in declared})
     except ValidationError as err:
         raise UserError(_describe(err, source)) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
+def load_params(path: str | Path = PARAMS_FILE, model: type[Model] = Params) -> Model:
+    """params.yaml validated by `model`: the stages' Params, or a reader's own extension of it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: not found; run from the project root or pass the params file")
@@ -429,4 +380,4 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({err.__class__.__name__}: {str(err).splitlines()[0]})")
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), model)

@@ -1,22 +1,18 @@
-"""Map a function over many files on every core, with a progress bar showing files/s."""
+"""Map a function over many files on this process's cores, with a progress bar showing files/s."""
 from __future__ import annotations
 
 import contextlib
-import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
+from tasks.common.threads import cores
+
 T = TypeVar("T")
 R = TypeVar("R")
 CHUNK = 32  # items per task: large enough to amortise inter-process traffic, small for a smooth bar
-
-
-def cpu_count() -> int:
-    """Cores this process may use (respects CPU affinity and container limits where visible)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def map_chunks(
@@ -27,7 +23,7 @@ def map_chunks(
     Worker processes are forked, so they start in milliseconds without re-importing anything;
     `work` must be picklable (a module-level function or a functools.partial of one).
     """
-    workers = workers or cpu_count()
+    workers = workers or cores()  # IMGCLF_THREADS, else every core it may run on
     chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     results: list[R] = []
     with tqdm(total=len(items), desc=desc, unit="file", disable=None, smoothing=0.1) as bar, \

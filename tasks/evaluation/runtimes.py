@@ -8,8 +8,8 @@
 Each runtime is scored on the test split, with the bundle's own preprocessing, test-time augmentation
 and temperature (accuracy, macro F1, ECE, top-1 agreement with PyTorch, the largest probability
 difference), and timed in this process on TIMED_BATCH test images: images/s in one batch and one
-image at a time, the network alone. `package.runtime` names the runtime to serve; `auto` takes the
-fastest in batches whose test accuracy is within `package.max_accuracy_drop` points of PyTorch's.
+image at a time, the network alone. `evaluate.runtime` names the runtime to serve; `auto` takes the
+fastest in batches whose test accuracy is within `evaluate.max_accuracy_drop` points of PyTorch's.
 Only the runtimes the setting may pick are made and measured: all three for auto, PyTorch alone for torch.
 
 ONNX Runtime's dynamic int8 is not offered: it turns convolutions into ConvInteger, which measured
@@ -49,7 +49,7 @@ FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 def measure_runtimes(bundle: Bundle, test_files: list[Path], targets: np.ndarray, torch_probs: np.ndarray,
                      train_files: list[Path], batch_size: int, bins: int, scratch: Path,
                      setting: str = "auto") -> tuple[dict, dict[str, Path]]:
-    """The figures of PyTorch and of the runtimes `setting` (package.runtime) may pick: all for auto,
+    """The figures of PyTorch and of the runtimes `setting` (evaluate.runtime) may pick: all for auto,
     else that one; and the ONNX files made in `scratch`. `torch_probs`: the bundle's own calibrated
     test probabilities (the evaluate stage's)."""
     timed = bundle.preprocess([open_rgb(f) for f in np.resize(np.array(test_files, dtype=object), TIMED_BATCH)])
@@ -79,15 +79,15 @@ def measure_runtimes(bundle: Bundle, test_files: list[Path], targets: np.ndarray
 
 
 def choose(figures: dict, setting: str, max_drop: float) -> tuple[str, str]:
-    """The runtime to serve under `package.runtime` = setting, and why, in one sentence."""
+    """The runtime to serve under `evaluate.runtime` = setting, and why, in one sentence."""
     baseline = figures["torch"]["accuracy"]
     if setting != "auto":
         if "error" in figures.get(setting, {}):
-            raise UserError(f"package.runtime is {setting}, which cannot be made for this model "
-                            f"({figures[setting]['error']}); set package.runtime: auto or torch")
+            raise UserError(f"evaluate.runtime is {setting}, which cannot be made for this model "
+                            f"({figures[setting]['error']}); set evaluate.runtime: auto or torch")
         drop = 100 * (baseline - figures[setting]["accuracy"])
         side = "below" if drop >= 0 else "above"
-        return setting, f"package.runtime is {setting} (test accuracy {abs(drop):.2f} points {side} PyTorch's)"
+        return setting, f"evaluate.runtime is {setting} (test accuracy {abs(drop):.2f} points {side} PyTorch's)"
     within = {name: f for name, f in figures.items()
               if "error" not in f and 100 * (baseline - f["accuracy"]) <= max_drop + 1e-9}
     best = max(within, key=lambda name: within[name]["batch_img_s"])

@@ -1,10 +1,10 @@
 """The service's review queue: the served images the model was least sure of, kept for a person to label.
 
 Everything else the service logs as features only (tasks/monitoring/traffic.py). An image whose
-top-two probability margin is below labels.uncertain.margin is kept under
+top-two probability margin is below service.uncertain.margin is kept under
 <monitor.traffic_dir>/uncertain/<day>/ as the RGB PNG the model classified, beside a JSON file with
 the model version, prediction, probabilities and margin. The queue is bounded: files older than
-labels.uncertain.days go, then the oldest until it holds at most labels.uncertain.max_mb.
+service.uncertain.days go, then the oldest until it holds at most service.uncertain.max_mb.
 """
 from __future__ import annotations
 

@@ -8,10 +8,11 @@ import torch
 from tasks.common.config import UserError
 
 
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """train.device resolved: auto takes the CUDA GPU of this process when there is one."""
+def pick_device(choice: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
+    """A device setting resolved (train.device, inference.device): auto takes the CUDA GPU of this
+    process when there is one."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
+        raise UserError(f"{setting}: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
     if choice != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

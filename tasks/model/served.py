@@ -26,11 +26,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from tasks.common.config import UserError
+from tasks.common.threads import cores
 from tasks.model.meta import PROJECTION_PREFIX, WEIGHTS_FILE, read_meta
 from tasks.model.preprocess import preprocess_array
 
 RUNTIME_JSON = "runtime.json"
-RUNTIMES = ("torch", "onnx", "onnx-int8")  # what package.runtime may name, besides auto
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # what evaluate.runtime may name, besides auto
 INPUT, OUTPUTS = "images", ["logits", "features"]  # the exported graph's names (tasks/model/export.py)
 
 Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # batch -> logits, features
@@ -43,9 +44,9 @@ class OnnxNetwork:
         import onnxruntime as ort  # only the processes that run the network load it
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: ONNX Runtime's choice, every core
-        if threads:  # a share of the machine (the model worker): idle threads must not spin on the others' cores
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = threads or cores()  # 0: this process's cores (tasks/common/threads.py)
+        # Idle threads sleep: spinning ones take the cores of whatever computes beside this process.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # its warnings are about graph rewrites, not about this model
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -117,8 +118,8 @@ def load_classifier(model_dir: str | Path, runtime_dir: str | Path | None = None
                     device: str | None = None, runtime: str | None = None) -> Classifier:
     """The model of `model_dir` in the runtime `runtime_dir` (default: model_dir) names, else in PyTorch.
 
-    `threads`: the CPU threads of either runtime (0: the runtime's default); for PyTorch that is the
-    whole process's count (torch.set_num_threads), as the model worker wants. `device`: PyTorch's, when
+    `threads`: the CPU threads of either runtime (0: this process's cores, tasks/common/threads.py); for
+    PyTorch that is the whole process's count (torch.set_num_threads), as the model worker wants. `device`: PyTorch's, when
     PyTorch runs (default: CUDA if there is one). `runtime="torch"`: PyTorch whatever was chosen."""
     model_dir = Path(model_dir)
     runtime_dir = Path(runtime_dir or model_dir)
@@ -144,8 +145,8 @@ def _torch_network(model_dir: Path, threads: int, device: str | None) -> Network
     from tasks.model.bundle import load_bundle
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if threads and device == "cpu":
-        torch.set_num_threads(threads)
+    if device == "cpu":
+        torch.set_num_threads(threads or cores())
     bundle = load_bundle(model_dir, device=device)
 
     def network(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,12 @@
-"""torchvision transforms v2: a fixed resize and crop for everything the model sees, random augmentation
-for training, and MixUp/CutMix for whole batches.
+"""torchvision transforms v2 where PyTorch already runs: random augmentation of one image for training,
+MixUp/CutMix for whole batches, and `eval_transform`, the fixed resize, centre crop and normalization.
 
-Training, evaluation, monitoring and the service all preprocess through `eval_transform`, so an
-image is resized, cropped and normalized the same way wherever it is classified.
+Used by training's DataLoader path (`train.input: loader`: `train_transform` for the training images,
+`eval_transform` for the validation batches), by the training engine (`batch_mix`) and by the augment
+stage's preview. Evaluation, the gate, monitoring and the service do not preprocess here: they use
+tasks/model/preprocess.py (Pillow and NumPy, no PyTorch), which computes `eval_transform`'s numbers
+to within two intensity levels (tests/test_preprocess.py), so `eval_transform` is also its reference.
+The image cache path of training crops and normalizes its cached pixels itself (tasks/training/inputs.py).
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ def eval_transform(size: int, mean, std, crop_pct: float) -> v2.Compose:
     """Resize the short side to size / crop_pct, centre-crop `size`, scale to [0, 1], normalize.
 
     This is how the backbone's pretrained weights were evaluated (crop_pct 0.875 for most ImageNet
-    models); training, evaluation, monitoring and the service all preprocess through it.
+    models); tasks/model/preprocess.py computes it without PyTorch for evaluation, monitoring and
+    the service.
     """
     return v2.Compose([
         v2.ToImage(),

@@ -1,9 +1,10 @@
 """One training run, from split frames to fitted weights: set up, resume, fit epoch by epoch.
 
-The train stage runs it once on train/val and writes the bundle; the label-quality stage runs it
-once per cross-validation fold. Read top to bottom: `fit_frames` builds the network and what
-trains it (`prepare`), picks up an interrupted run with the same fingerprint (`resume`), then
-`fit` runs the epochs, keeping the best weights and a checkpoint after each.
+The train stage runs it once on train/val, the label folds once per fold, the recipe search once
+per trial (or fold), each through tasks/training/shipped.py, which decides what of a run is shipped
+and judges it. Read top to bottom: `fit_frames` builds the network and what trains it (`prepare`),
+picks up an interrupted run with the same fingerprint (`resume`), then `fit` runs the epochs,
+keeping the best weights and a checkpoint after each.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import update_bn
 
 from tasks.common.config import TrainParams
 from tasks.data.splits import class_indices
@@ -26,7 +26,7 @@ from tasks.model.transforms import batch_mix
 from tasks.training import checkpoint
 from tasks.training.batches import TensorBatches
 from tasks.training.distributed import World
-from tasks.training.inputs import TrainContext, as_is, cached_images, embed, image_inputs, probe_features
+from tasks.training.inputs import TrainContext, as_is, image_inputs, probe_features
 from tasks.training.loop import RunState, seed_epoch, train_epoch, validate
 from tasks.training.optim import EarlyStopping, make_loss, make_optimizer, make_schedule, sample_weights
 from tasks.training.step import AUTO_BATCH_CPU, TrainStep, auto_batch_size, why_not_capturable
@@ -191,32 +191,6 @@ def training_step(ctx: TrainContext, state: RunState) -> TrainStep:
     if ctx.cfg.compile:
         forward = torch.compile(forward)
     return TrainStep(forward, state.loss_fn, state.optimizer, ctx.cfg.grad_clip, ctx.device, graph=state.cuda_graph)
-
-
-def shipped_weights(run: FittedRun, train_df: pd.DataFrame, labels: list[str]) -> None:
-    """Leave the run's model as the train stage ships it: the best epoch's weights, then BatchNorm
-    statistics recomputed. A score of anything else misjudges short fine-tunes on small data."""
-    run.state.trained.load_state_dict(run.state.best_weights)
-    refresh_norm_stats(run, train_df, labels)
-
-
-def refresh_norm_stats(run: FittedRun, train_df: pd.DataFrame, labels: list[str]) -> None:
-    """Recompute BatchNorm statistics on the training images as served: they lag behind the weights
-    during a short fine-tune. Shuffled, so that batches mix classes. Nothing to do for a linear probe."""
-    if run.train_features is not None:
-        return
-    ctx = run.ctx.alone()
-    order, _ = seed_epoch(ctx.cfg.seed, 0, 0, ctx.device)
-    update_bn(cached_images(ctx, train_df, targets(train_df, labels), train=True, augment=False).batches(order),
-              run.state.model, ctx.device)
-
-
-def training_features(run: FittedRun, train_df: pd.DataFrame, labels: list[str]) -> torch.Tensor:
-    """Penultimate-layer features of the training images (the bundle's embedding basis is fitted on them)."""
-    if run.train_features is not None:
-        return run.train_features
-    images = cached_images(run.ctx.alone(), train_df, targets(train_df, labels), train=False, augment=False)
-    return embed(run.state.model, images, run.ctx.device)
 
 
 def names_in(trained: nn.Module, model: nn.Module, groups: list[list[str]]) -> list[list[str]]:

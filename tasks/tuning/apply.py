@@ -1,4 +1,5 @@
-"""Writing a study's best values back into params.yaml, and the `dvc exp run -S` arguments that set them.
+"""Putting a study's best recipe to use (`adopt`): run as a DVC experiment beside the workspace, or its
+values written back into params.yaml; and the `dvc exp run -S` arguments that set them.
 
 params.yaml is documentation as much as configuration, so the file is edited line by line rather than
 re-dumped: a YAML round-trip (even ruamel.yaml's) rewrites `null` and moves end-of-line comments when a
@@ -11,10 +12,16 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+
+from tasks.common.config import PARAMS_FILE, UserError
+
+EXPERIMENT_TARGET = "gate"
 
 # A key's scalar on its line: quoted, or plain (spaces inside, but none before a `#`), then an optional comment.
 SCALAR = re.compile(r"""(?P<value>'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^\s'"\[\]{}|>&*!#%@`,](?:\S|\s+(?=[^\s#]))*)"""
@@ -117,3 +124,28 @@ def set_arguments(values: dict[str, object]) -> list[str]:
     """The `dvc exp run` arguments that set these values: ['-S', 'train.lr=0.00123', ...]. DVC reads them
     with Hydra's override grammar, which reads this YAML scalar text as the same values."""
     return [arg for key, value in values.items() for arg in ("-S", f"{key}={format_value(value)[0]}")]
+
+
+def adopt(summary: dict, workdir: Path, how: str) -> str:
+    """Put the best recipe of a search's summary to use: a DVC experiment beside the baseline
+    (how="experiment": dvc exp show lists it; dvc exp apply adopts it), or written into params.yaml
+    (how="apply"). Never promotes: the pipeline and its gate do."""
+    best = summary["best"]
+    if best is None:
+        return "no completed trial yet: nothing to adopt"
+    if best["recipe"] == "params.yaml":
+        return "the best trial is params.yaml's own recipe: nothing to change"
+    if how == "apply":
+        changes = apply_values(workdir / PARAMS_FILE, best["params"])
+        return f"{PARAMS_FILE}: " + ("; ".join(changes) or "already the best recipe")
+    name = f"{summary['study']}-trial-{best['number']}"
+    # --temp: in a copy, so the workspace (and the next retrain) keeps params.yaml's recipe until adopted;
+    # up to the gate: its metrics and decision are what `dvc exp show` compares (packaging adds nothing).
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name,
+               *set_arguments(best["params"]), EXPERIMENT_TARGET]
+    shown = " ".join(["dvc", *command[3:]])
+    print(f"tune: {shown}", flush=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if subprocess.run(command, cwd=workdir, env=env).returncode != 0:
+        raise UserError(f"dvc exp run of trial {best['number']} failed (its output is above); rerun it: {shown}")
+    return f"DVC experiment {name}: compare with `dvc exp show`, adopt with `dvc exp apply {name}`"

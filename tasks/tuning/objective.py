@@ -2,10 +2,10 @@
 
 With tune.folds = 1 a trial fine-tunes on train.csv, reporting every epoch's validation metric on
 val.csv so the pruner can stop it early, and is scored by that metric of the model the train stage
-would ship: the best epoch's weights with BatchNorm statistics recomputed. With tune.folds = K > 1 (small data,
-where one val split is luck) train and val are pooled into K stratified folds, duplicate groups kept
-whole; the trial is scored by the mean of the K held-out scores, reporting the running mean after
-each fold, and keeps each fold's value and the spread as user attributes.
+would ship (tasks/training/shipped.py). With tune.folds = K > 1 (small data, where one val split is
+luck) train and val are pooled into K stratified folds, duplicate groups kept whole; the trial is
+scored by the mean of the K held-out scores, reporting the running mean after each fold, and keeps
+each fold's value and the spread as user attributes.
 """
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ import pandas as pd
 
 from tasks.common.config import TrainParams
 from tasks.common.paths import split_csv
-from tasks.data.splits import assign_folds
 from tasks.model.backbones import resolve_inputs
 from tasks.training import checkpoint
 from tasks.training.distributed import World
-from tasks.training.engine import METRIC_COLUMNS, fit_frames, shipped_weights, targets
-from tasks.training.inputs import cached_images
-from tasks.training.loop import validate
+from tasks.training.engine import METRIC_COLUMNS
+from tasks.training.folds import kfold
+from tasks.training.shipped import ShippedModel
 
 VALIDATE_KEYS = {"accuracy": "acc", "macro_f1": "macro_f1", "loss": "loss"}  # train.early_stopping.metric
 
@@ -37,11 +36,9 @@ def score(trial: optuna.Trial, train: TrainParams, workdir: Path, study: str, fo
     if folds == 1:
         return _fit(trial, cfg, workdir, study, train_df, val_df, labels, per_epoch=True)
     pool = pd.concat([train_df, val_df], ignore_index=True)
-    fold_of = assign_folds(pool, folds, cfg.seed, setting="tune.folds")
     values = []
-    for fold in range(folds):
-        values.append(_fit(trial, cfg, workdir, study, pool[fold_of != fold], pool[fold_of == fold], labels,
-                           per_epoch=False, fold=(fold, folds)))
+    for fold, fit_df, held_df in kfold(pool, folds, cfg.seed, setting="tune.folds"):
+        values.append(_fit(trial, cfg, workdir, study, fit_df, held_df, labels, per_epoch=False, fold=(fold, folds)))
         trial.set_user_attr("fold_values", values)
         trial.report(float(np.mean(values)), fold)
         if trial.should_prune():
@@ -66,14 +63,10 @@ def _fit(trial: optuna.Trial, cfg: TrainParams, workdir: Path, study: str, fit_d
 
     name = f"tune trial {trial.number}" + (f" fold {fold[0] + 1}/{fold[1]}" if fold else "")
     try:
-        run = fit_frames(cfg, workdir, World(), fit_df, held_df, labels, fingerprint, ckpt_dir, name=name,
-                         on_epoch=report if per_epoch else None)
+        model = ShippedModel.fit(cfg, workdir, World(), fit_df, held_df, labels, fingerprint, ckpt_dir, name=name,
+                                 on_epoch=report if per_epoch else None)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a trial is scored, never resumed
     # Scored as the train stage ships it (BatchNorm refreshed): the per-epoch values that pruning
     # compares rate a short full fine-tune on small, hard data far below the model it becomes.
-    shipped_weights(run, fit_df, labels)
-    alone = run.ctx.alone()
-    held = validate(run.state.model, cached_images(alone, held_df, targets(held_df, labels), train=False,
-                                                   augment=False), alone)
-    return float(held[VALIDATE_KEYS[metric]])
+    return float(model.score(held_df)[VALIDATE_KEYS[metric]])

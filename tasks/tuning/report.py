@@ -1,8 +1,9 @@
-"""One HTML page on a tuning study, to read offline: did the search beat the recipe params.yaml has,
-which settings mattered, and which trials were pruned where.
+"""What a person reads of a tuning study: the summary the search prints, reports/tune/study.json (every
+trial) and one HTML page to read offline: did the search beat the recipe params.yaml has, which
+settings mattered, and which trials were pruned where.
 
-The live view is optuna-dashboard (make tune-dashboard), which needs the study's storage and a
-server; this page is a file: the header (trials by state, the best trial beside the params.yaml
+The live view is optuna-dashboard (`dashboard`, make tune-dashboard), which needs the study's storage
+and a server; the page is a file: the header (trials by state, the best trial beside the params.yaml
 recipe), Optuna's optimisation history, parameter importances and per-epoch curves, and a table
 of every trial. plotly.js is embedded once, in the page itself, so it opens without a network.
 
@@ -13,6 +14,9 @@ and draws every setting as equally important. The page says so in a sentence ins
 from __future__ import annotations
 
 import html
+import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,9 +24,52 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
+from tasks.common.config import UserError
+from tasks.tuning import study as studies
+from tasks.tuning.settings import TuningParams
+
+REPORT_DIR = Path("reports/tune")
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 NO_IMPORTANCES = ("<p>Parameter importances need at least two completed trials whose settings differ "
                   "and whose values are not all equal; this study has {n} completed.</p>")
+
+
+def write_report(workdir: Path, study: optuna.Study, where: str, metric: str, seconds: float) -> dict:
+    """reports/tune/study.json (every trial) and index.html; returns the summary printed."""
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+               "recipe": t.user_attrs.get(studies.RECIPE, "searched"),
+               "fold_values": t.user_attrs.get("fold_values"), "retry_of": t.system_attrs.get("failed_trial"),
+               "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
+               if t.datetime_complete and t.datetime_start else None} for t in study.trials]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best = study.best_trial if done else None
+    written = next((t for t in trials if t["recipe"] == "params.yaml" and t["state"] == "COMPLETE"), None)
+    summary = {
+        "study": study.study_name, "storage": where, "metric": f"validation {metric}",
+        "trials": {state.name.lower(): sum(t.state == state for t in study.trials) for state in TrialState},
+        "best": {"number": best.number, "value": best.value, "params": best.params,
+                 "recipe": best.user_attrs.get(studies.RECIPE, "searched"),
+                 "fold_std": best.user_attrs.get("fold_std")} if best else None,
+        "params_yaml_recipe": {"number": written["number"], "value": written["value"]} if written else None,
+        "seconds_this_run": seconds,
+    }
+    out = workdir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({**summary, "all_trials": trials}, indent=2, default=str))
+    write_page(study, out, f"validation {metric}")
+    return summary
+
+
+def dashboard(params: TuningParams, workdir: Path, port: int) -> None:
+    """optuna-dashboard on 127.0.0.1:port over the study's storage (the journal file or the database)."""
+    url = os.environ.get(studies.STORAGE_ENV)
+    storage = url or str(studies.journal_path(workdir, params))
+    if not url and not Path(storage).is_file():
+        raise UserError(f"no study yet ({storage} not found); run make tune first")
+    hint = [] if url else ["--storage-class", "JournalFileStorage"]
+    print(f"tune: optuna-dashboard on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    os.execv(Path(sys.executable).with_name("optuna-dashboard"),
+             ["optuna-dashboard", "--host", "127.0.0.1", "--port", str(port), *hint, storage])
 
 
 def write_page(study: optuna.Study, out_dir: Path, metric: str) -> Path:

@@ -7,14 +7,16 @@
         train.augment.mixup_alpha: [0.0, 0.2]               # nested keys too
 
 Every key must name a train setting, and every value a study may pick must be one the train
-section accepts, so a trial never fails on a recipe params.yaml would refuse. `recipe` gives the
-train section with one trial's values; `suggest` asks an Optuna trial for them.
+section accepts, so a trial never fails on a recipe params.yaml would refuse. `searched` is the space
+a study searches, params.yaml's own values in it; `recipe` gives the train section with one trial's
+values; `suggest` asks an Optuna trial for them.
 """
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tasks.common.config import PARAMS_FILE, TrainParams, UserError
+from tasks.tuning.settings import TuningParams
 
 PREFIX = "train."
 
@@ -132,3 +134,31 @@ def parse_space(space: dict, train: TrainParams, source: str = PARAMS_FILE) -> d
     except ValueError as err:
         raise UserError(f"{source}: tune.space: {err}") from None
     return dimensions
+
+
+def searched(params: TuningParams) -> dict[str, Dimension]:
+    """tune.space, checked, with params.yaml's own value added to each list of choices: trial 0
+    measures the written recipe, so it must be a value the study can hold."""
+    space = parse_space(params.tune.space, params.train)
+    written = current_values(params, space)
+    return {key: [*dim, written[key]] if isinstance(dim, list) and written[key] not in dim else dim
+            for key, dim in space.items()}
+
+
+def current_values(params: TuningParams, space: dict) -> dict:
+    """The values params.yaml's recipe has for the keys of the space."""
+    train = params.train.model_dump()
+    return {key: value_at(train, key) for key in space}
+
+
+def in_space(values: dict, space: dict[str, Dimension]) -> bool:
+    """Whether a previous study's trial can start this one: the same keys, every value allowed."""
+    if set(values) != set(space):
+        return False
+    for key, value in values.items():
+        allowed = space[key]
+        if isinstance(allowed, list) and value not in allowed:
+            return False
+        if not isinstance(allowed, list) and not allowed.low <= value <= allowed.high:
+            return False
+    return True

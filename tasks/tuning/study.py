@@ -30,9 +30,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from tasks.common.config import Params, UserError
+from tasks.common.config import UserError
 from tasks.common.files import digest, sha256
 from tasks.common.paths import split_csv
+from tasks.tuning.settings import TuningParams
 
 STORAGE_ENV = "IMGCLF_TUNE_STORAGE"
 HEARTBEAT_SECONDS = 30   # a database trial's heartbeat; Optuna fails it after GRACE_SECONDS without one
@@ -54,12 +55,25 @@ def study_name(workdir: Path, question: dict) -> str:
     return f"tune-{digest([sha256(f) for f in files])[:12]}-{digest([question])[:6]}"
 
 
-def journal_path(workdir: Path, params: Params) -> Path:
+def question(params: TuningParams) -> dict:
+    """What a study asks: its trials are comparable only while this stays the same."""
+    fixed = params.train.model_dump(mode="json")
+    for key in params.tune.space:  # what the study varies is not part of the question
+        *path, leaf = key.removeprefix("train.").split(".")
+        node = fixed
+        for part in path:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return {"space": params.tune.space, "fixed": fixed, "folds": params.tune.folds,
+            "metric": params.train.early_stopping.metric}
+
+
+def journal_path(workdir: Path, params: TuningParams) -> Path:
     """The default storage: a journal file under ops.home."""
     return workdir / params.ops.home / "tune" / "journal.log"
 
 
-def open_storage(workdir: Path, params: Params):
+def open_storage(workdir: Path, params: TuningParams):
     """(storage, where it is for people, a lock that serialises this host's bookkeeping)."""
     url = os.environ.get(STORAGE_ENV)
     if not url:
