@@ -32,6 +32,8 @@ import httpx
 import pandas as pd
 import yaml
 
+# As the shell gave it: importing tasks (below) sets OMP_WAIT_POLICY, which an earlier checkout did not.
+SHELL_ENV = dict(os.environ)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.serve_throughput import free_port, serve  # noqa: E402
@@ -54,8 +56,7 @@ def scratch(base: Path, name: str, epochs: int, links: tuple[str, ...], code: Pa
 
 
 def start(module: str, folder: Path, code: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    return subprocess.Popen([sys.executable, "-m", module], cwd=folder, env=env,
+    return subprocess.Popen([sys.executable, "-m", module], cwd=folder, env={**SHELL_ENV, "PYTHONPATH": str(code)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -76,7 +77,7 @@ def beside_monitor(base: Path, epochs: int, code: Path) -> dict:
     [(training, train_folder)] = trainings(base, 1, epochs, code)
     runs = 0
     while training.poll() is None:
-        subprocess.run([sys.executable, "-m", "tasks.monitor"], cwd=folder, env={**os.environ, "PYTHONPATH": str(code)},
+        subprocess.run([sys.executable, "-m", "tasks.monitor"], cwd=folder, env={**SHELL_ENV, "PYTHONPATH": str(code)},
                        capture_output=True, check=True)
         runs += 1
     return {"train_img_s": rate(training, train_folder), "monitor_runs": runs}
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     code = args.code.resolve()
     machine = {"cores": len(os.sched_getaffinity(0)), "code": str(code),
-               "IMGCLF_THREADS": os.environ.get("IMGCLF_THREADS"), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+               "IMGCLF_THREADS": SHELL_ENV.get("IMGCLF_THREADS"), "OMP_WAIT_POLICY": SHELL_ENV.get("OMP_WAIT_POLICY")}
     alone = None
     for case in args.cases:
         with tempfile.TemporaryDirectory(prefix=f"threads-{case}-") as tmp:

@@ -94,7 +94,7 @@ def model_threads() -> int:
     """
     if os.environ.get(THREADS_ENV):
         return int(os.environ[THREADS_ENV])
-    return max(1, cores() - 1)  # cores(): IMGCLF_THREADS, else the cores this process may run on
+    return cores()  # IMGCLF_THREADS, else every core this process may run on but one
 
 
 def forced_runtime() -> str | None:

@@ -130,6 +130,7 @@ def test_train_and_evaluate_write_a_working_bundle(tmp_path, image_root):
     assert (tmp_path / evaluate.CONFUSION_PNG).stat().st_size > 1000
 
 
+@pytest.mark.slow(reason="a torchvision and a timm backbone through train and evaluate, about 20 s each")
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_050"])  # torchvision, timm
 def test_other_backbones_run_through_the_same_stages(tmp_path, image_root, backbone):
     params = prepare(tmp_path, image_root, train={"backbone": backbone, "weights": "none", "epochs": 1})

@@ -23,7 +23,7 @@ def test_the_setting_or_the_available_cores_divided_among_processes(monkeypatch)
     monkeypatch.setenv(THREADS_ENV, "6")
     assert (cores(), cores(2), cores(4), cores(12)) == (6, 3, 1, 1)
     monkeypatch.delenv(THREADS_ENV)
-    assert cores() == available_cores() >= 1
+    assert cores() == max(1, available_cores() - 1)  # one core stays with whatever else runs there
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes on this machine share it too
     monkeypatch.setenv(THREADS_ENV, "4")
     before = torch.get_num_threads()

@@ -257,6 +257,7 @@ def test_the_tune_flow_runs_the_best_recipe_as_a_dvc_experiment(trained, tmp_pat
         best["params"]["train.lr"], rel=1e-3)
 
 
+@pytest.mark.slow(reason="a study, then optuna-dashboard started and read over HTTP")
 def test_the_dashboard_serves_the_study_on_loopback(tmp_path: Path):
     write_splits(tmp_path, {"train": 4, "val": 2})
     params = make_params(**searching(trials=1, epochs=1))
