@@ -282,11 +282,12 @@ def test_the_dashboard_serves_the_study_on_loopback(tmp_path: Path):
         server.wait(timeout=10)
 
 
-def test_the_dashboard_without_a_study_says_what_to_run(tmp_path: Path):
+def test_the_dashboard_without_a_study_says_what_to_run(tmp_path: Path, monkeypatch, capsys):
     (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
-    done = subprocess.run([sys.executable, "-m", "tasks.tune", "--dashboard"], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        tune.main(["--dashboard"])
+    assert exited.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
         "tune: error: no study yet (.ops/tune/journal.log not found); run make tune first"]
 
 
@@ -308,6 +309,7 @@ def test_new_data_starts_a_new_study_warm_started_from_the_last_best(tmp_path: P
     assert [t.params for t in warm] == expected and [t.number for t in warm] == list(range(1, len(expected) + 1))
 
 
+@pytest.mark.slow(reason="two spawned search processes, each importing the project and training")
 def test_parallel_processes_share_the_budget(tmp_path: Path):
     write_splits(tmp_path, {"train": 6, "val": 3})
     # Trials long enough that the second process (a fresh interpreter) starts before the first ran them all.
