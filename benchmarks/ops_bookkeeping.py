@@ -41,6 +41,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 from flows.housekeeping import housekeeping  # noqa: E402
 from flows.monitor import publish_window  # noqa: E402
 from flows.ops import environment, wait_for_api  # noqa: E402
+from flows.settings import FlowParams  # noqa: E402
 from flows.supervise import start, stop  # noqa: E402
 from flows.watch_data import check_data  # noqa: E402
 from tasks.common.config import load_params  # noqa: E402
@@ -81,7 +82,7 @@ def scratch_project(base: Path, images: int) -> Path:
 
 
 def check_as_flow_runs(root: Path, home: Path, runs: int) -> dict:
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", FlowParams)
 
     @flow(name="watch-data", flow_run_name="watch-data")
     def watch_data_run() -> str:
@@ -94,8 +95,8 @@ def check_as_flow_runs(root: Path, home: Path, runs: int) -> dict:
     per_run = (database_bytes(home) - before) / runs
     # A worker starts a Python process per run: import Prefect and the flow, run it, report.
     script = ("import sys; sys.path.insert(0, %r); from pathlib import Path; from prefect import flow; "
-              "from flows.watch_data import check_data; from tasks.common.config import load_params; "
-              "p = load_params(Path(%r) / 'params.yaml'); "
+              "from flows.settings import FlowParams; from flows.watch_data import check_data; "
+              "from tasks.common.config import load_params; p = load_params(Path(%r) / 'params.yaml', FlowParams); "
               "flow(name='watch-data')(lambda: check_data(Path(%r), p))()") % (str(ROOT), str(root), str(root))
     cpu = []
     for _ in range(3):
@@ -151,7 +152,7 @@ def log_day(traffic: Path, day: datetime, per_hour: int, rng: np.random.Generato
 
 
 def month(root: Path, home: Path, days: int, per_hour: int) -> list[dict]:
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", FlowParams)
     ops_home, traffic = root / params.ops.home, root / params.monitor.traffic_dir
     rng = np.random.default_rng(0)
     reference = features(525, rng)

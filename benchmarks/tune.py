@@ -48,6 +48,7 @@ from tasks.sample import write_digits  # noqa: E402
 from tasks.split import random_splits  # noqa: E402
 from tasks.training.checkpoint import CHECKPOINT_DIR  # noqa: E402
 from tasks.tuning import study as studies  # noqa: E402
+from tasks.tuning.settings import TuningParams  # noqa: E402
 from tasks.tuning.space import recipe  # noqa: E402
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -130,7 +131,7 @@ def retrain(params, train_cfg, workdir: Path) -> dict:
 
 
 def measure(name: str, pruner: str, workdir: Path, args) -> dict:
-    base = load_params(PARAMS_YAML)
+    base = load_params(PARAMS_YAML, TuningParams)
     tuned = {"pruner": pruner, "trials": args.trials or base.tune.trials,
              "minutes": base.tune.minutes if args.minutes is None else args.minutes}
     params = base.model_copy(update={"tune": base.tune.model_copy(update=tuned)})

@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.exceptions import ObjectNotFound
 
 from flows.housekeeping import housekeeping
+from flows.settings import FlowParams
 from tasks.common.config import load_params
 from tasks.common.paths import POINTER, STORE_ARCHIVES
 from tasks.model.registry import archive_path, write_pointer
@@ -113,7 +114,7 @@ def project(tmp_path_factory):
 
 
 def test_housekeeping_removes_exactly_what_retention_lets_go(project: Path):
-    params = load_params(project / "params.yaml")
+    params = load_params(project / "params.yaml", FlowParams)
     now = datetime.now(timezone.utc)
     ops_home = project / params.ops.home
 

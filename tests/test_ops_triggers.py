@@ -22,6 +22,7 @@ from prefect.schedules import Interval
 
 from flows.deployments import SILENT_RUNS, register
 from flows.events import DRIFT_EVENT, announce_drift
+from flows.settings import FlowParams
 from tasks.common.config import load_params
 from tests.conftest import PROJECT_ROOT, prefect_cli, write_image_set
 
@@ -41,7 +42,7 @@ def project(tmp_path_factory, prefect_server) -> Path:
     raw["ops"]["data_check_seconds"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     write_image_set(root / "images", {"cat": 3, "dog": 3})
-    register(load_params(root / "params.yaml"), root)
+    register(load_params(root / "params.yaml", FlowParams), root)
     return root
 
 
@@ -101,7 +102,7 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
     assert all(r.expected_start_time.weekday() == 0 and r.expected_start_time.hour == 3 for r in scheduled)
 
     # Registering again (the operations command restarting) updates in place: nothing doubles.
-    register(load_params(project / "params.yaml"), project)
+    register(load_params(project / "params.yaml", FlowParams), project)
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("retrain/retrain").id == retrain.id
     assert sorted(a["name"] for a in automations()) == sorted(["retrain on drift", "retrain on new data", SILENT_RUNS])
@@ -156,7 +157,7 @@ def test_new_labelled_data_starts_one_retrain(project: Path, prefect_server: str
 def test_registering_removes_the_retired_per_minute_deployment(project: Path):
     """A stack upgraded from the watch-data deployment must not keep its schedule going."""
     register_old_watch_data(project)
-    register(load_params(project / "params.yaml"), project)
+    register(load_params(project / "params.yaml", FlowParams), project)
     with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
         client.read_deployment_by_name("watch-data/watch-data")
 

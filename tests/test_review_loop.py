@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from flows.deployments import register
 from flows.retrain import retrain
 from flows.review import review_sync, studio_home
+from flows.settings import FlowParams
 from flows.watch_data import check_data
 from tasks.common.config import load_params
 from tasks.common.paths import SUSPECTS_CSV
@@ -40,7 +41,7 @@ def loop(trained, tmp_path_factory):
     project = copy_trained(trained, tmp_path_factory.mktemp("review") / "copy").repo
     shutil.copytree(PROJECT_ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     set_params(project, "ops", label_studio_port=free_port())
-    params = load_params(project / "params.yaml")
+    params = load_params(project / "params.yaml", FlowParams)
     suspect = sorted((project / "images/cat").glob("*.png"))[0]
     pd.DataFrame([{"rank": 1, "file": "data/clean/images/cat/x.png", "path": f"cat/{suspect.name}", "split": "train",
                    "given_label": "cat", "suggested_label": "dog", "label_quality": 0.01, "given_probability": 0.01,
@@ -143,9 +144,9 @@ def test_a_drift_retrain_on_unchanged_data_is_skipped_saying_what_waits_for_revi
     copy = copy_trained(trained, tmp_path / "copy")
     project = copy.repo
     monkeypatch.setenv("BENTOML_HOME", str(copy.bentoml_home))  # where production's lineage is
-    set_params(project, "ops", retrain={**load_params(project / "params.yaml").ops.retrain.model_dump(),
+    set_params(project, "ops", retrain={**load_params(project / "params.yaml", FlowParams).ops.retrain.model_dump(),
                                         "cooldown_minutes": 0})
-    params = load_params(project / "params.yaml")
+    params = load_params(project / "params.yaml", FlowParams)
     keep_uncertain(queue_dir(project / params.monitor.traffic_dir), [Image.new("RGB", (16, 16))],
                    np.array([[0.5, 0.45, 0.05]]), ["cat", "dog", "fox"], "image-classifier:v1", ["a.png"], below=0.2)
     state = retrain(trigger="drift", repo_dir=str(project), return_state=True)
