@@ -37,7 +37,7 @@ from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 
-from flows.events import DATA_EVENT, DRIFT_EVENT, RESOURCE_PREFIX
+from flows.events import ACCURACY_EVENT, DATA_EVENT, DRIFT_EVENT, RESOURCE_PREFIX
 from flows.settings import FlowParams
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
@@ -66,6 +66,9 @@ def build_deployments(params: FlowParams, root: Path) -> list[RunnerDeployment]:
         triggers.append(retrain_trigger("retrain on drift", DRIFT_EVENT, "drift", ops.retrain.cooldown_minutes))
     if ops.retrain.on_new_data:
         triggers.append(retrain_trigger("retrain on new data", DATA_EVENT, "new data", ops.retrain.cooldown_minutes))
+    if ops.retrain.on_accuracy:
+        triggers.append(retrain_trigger("retrain on live accuracy", ACCURACY_EVENT, "live accuracy",
+                                        ops.retrain.cooldown_minutes))
 
     def deployment(entrypoint: str, name: str, **settings) -> RunnerDeployment:
         # to_deployment + apply rather than flow.deploy: prefect 3.8.8's deploy sends a request

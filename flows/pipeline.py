@@ -100,6 +100,19 @@ def publish_metrics(repo_dir: Path) -> None:
     )
 
 
+def fair_test_lines(decision: dict) -> list[str]:
+    """How many test images the models were graded on, what was left out, and accuracy per source slice."""
+    left_out = decision.get("left_out") or {"images": 0, "why": "none left out"}
+    lines = [f"Graded on {decision['test_images']} test images neither model trained or validated on; "
+             f"{left_out['images']} left out ({left_out['why']}).", "",
+             "| test images from | images | challenger | champion |", "|---|---|---|---|"]
+    for name, figures in (decision.get("slices") or {}).items():
+        champion = figures["champion_accuracy"]
+        lines.append(f"| {name} | {figures['images']} | {figures['challenger_accuracy']} | "
+                     f"{'-' if champion is None else champion} |")
+    return lines
+
+
 def publish_decision(repo_dir: Path) -> dict:
     """The gate's decision as a Prefect artifact and in the log; returns it."""
     decision = json.loads((repo_dir / DECISION_JSON).read_text())
@@ -116,6 +129,7 @@ def publish_decision(repo_dir: Path) -> dict:
         f"| champion ({champion}) | {decision['champion_accuracy'] if decision['champion'] else '-'} "
         f"| {runtime(decision['champion'])} |", "",
         *[f"- {reason}" for reason in decision["reasons"]], "",
+        *fair_test_lines(decision), "",
         f"Margin {decision['margin']}, alpha {decision['alpha']}, McNemar p = {decision['p_value']}. "
         f"Evaluation report: [{REPORT_HTML}]({(repo_dir / REPORT_HTML).as_uri()})",
     ]

@@ -4,7 +4,7 @@ It runs on a schedule, on demand (UI or `prefect deployment run retrain/retrain`
 drift or new-data event arrives (flows/deployments.py). Whatever started it is its `trigger`
 parameter, shown in the run's name, recorded in the model's lineage and in the `retrain-lineage`
 artifact. A retrain that starts within ops.retrain.cooldown_minutes of the start of the last
-completed one is skipped with the reason in its log; so is a drift-triggered retrain while data.root
+completed one is skipped with the reason in its log; so is a drift- or live-accuracy-triggered retrain while data.root
 is still what production was trained on (it could only reproduce that model): people must first
 label what drifted (flows/review.py), and the new-data trigger then retrains. The gate, as always,
 decides whether the new model replaces production.
@@ -132,7 +132,7 @@ def retrain(trigger: str = "manual", reason: str = "", repo_dir: str = "."):
         return Failed(message=str(err))
     logger.info("retrain triggered by %s%s", trigger, f": {reason}" if reason else "")
     skip = cooldown_reason(params.ops.retrain.cooldown_minutes, datetime.now(timezone.utc))
-    if not skip and trigger == "drift":
+    if not skip and trigger in ("drift", "live accuracy"):
         skip = drift_without_new_labels(root, params)
     if skip:
         logger.info(skip)

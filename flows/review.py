@@ -6,7 +6,11 @@
     python -m flows.review sync     what the review deployment runs (schedule ops.review.cron, or on demand):
                                     new suspect labels and uncertain served images become tasks, then finished
                                     reviews change data.root (tasks/labels/review.py), which is `dvc add`-ed,
-                                    so the data watcher's new-data event starts a retrain
+                                    so the data watcher's new-data event starts a retrain; then accuracy on
+                                    reviewed live traffic (tasks/monitoring/live_accuracy.py): a table
+                                    artifact, the Evidently workspace's live-accuracy project, and an
+                                    imgclf.accuracy.low event when production's audited accuracy is
+                                    significantly below its test accuracy (ops.retrain.on_accuracy)
 
 Label Studio listens on loopback unless ops.host says otherwise; its admin login and API token come
 from LABEL_STUDIO_USERNAME / _PASSWORD / _API_KEY, else from <ops.home>/label-studio/credentials.json
@@ -20,14 +24,26 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 from prefect.states import Failed
 
+from flows.events import announce_low_accuracy
 from flows.settings import FlowParams
 from tasks.common.config import UserError, load_params
+from tasks.common.paths import POINTER
 from tasks.data.layout import class_folders
-from tasks.labels.review import apply_reviews, suspect_items, uncertain_items
+from tasks.labels.review import apply_reviews, served_items, suspect_items, uncertain_items
 from tasks.labels.studio import credentials, running
 from tasks.labels.studio_client import LabelStudio
+from tasks.model.registry import read_pointer
+from tasks.monitoring.live_accuracy import (
+    accuracy_table,
+    below_test_accuracy,
+    load_answers,
+    model_accuracy,
+    unjoined_notice,
+)
+from tasks.monitoring.live_workspace import record_live_accuracy
 
 FLOW_NAME = "review-sync"
 
@@ -72,7 +88,7 @@ def review_sync(repo_dir: str = ".") -> dict:
     root, logger = Path(repo_dir).resolve(), get_run_logger()
     try:
         params = load_params(root / "params.yaml", FlowParams)
-        items = suspect_items(root, params) + uncertain_items(root, params)
+        items = suspect_items(root, params) + served_items(root, params)
         client, project, classes = connect(root, params)
         with client:
             added = client.sync_tasks(project, items)
@@ -86,7 +102,33 @@ def review_sync(repo_dir: str = ".") -> dict:
         logger.warning("review of %s skipped: %s", row.file, row.note)
     summary = {"tasks_added": added, "reviews_applied": int(len(applied)), **{k: int(v) for k, v in counts.items()}}
     logger.info("review: %s", summary)
+    summary["live_accuracy"] = check_live_accuracy(root, params)
     return summary
+
+
+def check_live_accuracy(root: Path, params: FlowParams) -> dict | None:
+    """Accuracy on reviewed live traffic as an artifact and in the Evidently workspace; a retrain event
+    when production's audited accuracy is significantly below its test accuracy. Returns the test."""
+    logger = get_run_logger()
+    answers, unjoined = load_answers(root, params)
+    if unjoined_notice(unjoined):
+        logger.warning("review: %s", unjoined_notice(unjoined))
+    table = accuracy_table(answers)
+    if len(table):
+        create_table_artifact(key="live-accuracy", table=table.to_dict("records"),
+                              description="Accuracy on reviewed served images, per model, day served and kind: "
+                                          "audit is live accuracy; uncertain (least sure) is biased low by design")
+        record_live_accuracy(root / params.ops.home / "evidently", answers)
+    production = read_pointer(root / POINTER)["current"]
+    if production is None or not isinstance(production.get("test_accuracy"), (int, float)):
+        return None
+    audited = model_accuracy(answers, production["model"])
+    test = below_test_accuracy(audited, production["test_accuracy"], params.monitor.alpha,
+                               params.ops.retrain.min_audited)
+    logger.info("live accuracy of %s: %s", production["model"], test["reason"])
+    if test["alarm"] and params.ops.retrain.on_accuracy:
+        announce_low_accuracy(production["model"], test)
+    return {"model": production["model"], **audited, **test}
 
 
 def serve(root: Path) -> None:

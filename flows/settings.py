@@ -20,6 +20,8 @@ class RetrainOps(Section):
     cooldown_minutes: StrictInt = Field(ge=0, description="a retrain this soon after the last one is skipped")
     on_drift: bool
     on_new_data: bool
+    on_accuracy: bool = True  # params.yaml from before the live-accuracy trigger
+    min_audited: StrictInt = Field(default=50, ge=1, description="audited images before live accuracy is tested")
 
     _cron = field_validator("cron")(lambda cls, value: _check_cron(value))
 

@@ -16,8 +16,9 @@ Images are resized and normalized by tasks/model/preprocess.py, as in evaluation
 service imports PyTorch: only a model worker whose model runs in PyTorch loads it, so the API workers
 stay small (docs/serving.md has the memory). Every classified image is logged with `bentoml.monitor` as one JSON
 line of `tasks.monitoring.features.feature_rows` columns, which the monitor stage compares with its reference.
-The images the model is least sure of (top-two margin below service.uncertain.margin) are also kept
-as files for review, within a disk cap and a retention time (tasks/labels/queue.py).
+A random share of all images (service.audit.share: the audit sample, which measures live accuracy) and, of
+the rest, those the model is least sure of (top-two margin below service.uncertain.margin) are also kept
+as files for review, each queue within its own disk cap and retention time (tasks/labels/queue.py).
 
 Following production: with IMAGE_CLASSIFIER_FOLLOW set to deploy/production.json, the API checks the
 file every few seconds; when it names another model, the model worker loads that model and the API
@@ -74,13 +75,14 @@ from service.settings import (
     model_tag,
     model_threads,
     release_free_memory,
+    review_settings,
     traffic_dir,
-    uncertain_settings,
 )
 from service.uploads import DEFAULT_TOP_K, MAX_IMAGES, ClassifyInput, ClassifyOutput, ImageResult, LabelScore, invalid
 from tasks.common.config import UserError
 from tasks.data.images import to_rgb
-from tasks.labels.queue import keep_uncertain, prune, queue_dir
+from tasks.labels.queue import AUDIT_DIR, QUEUE_DIR, audit_dir, draw_audit, keep, prune, queue_dir
+from tasks.labels.uncertainty import margin
 from tasks.model.meta import read_meta
 from tasks.model.preprocess import preprocess_array
 from tasks.model.served import Classifier, load_classifier
@@ -191,7 +193,8 @@ class ImageClassifier:
     def __init__(self) -> None:
         self.traffic_dir = traffic_dir()
         self.log_lock = threading.Lock()  # bentoml.monitor sets its log files up on first use
-        self.review_queue, self.uncertain = queue_dir(self.traffic_dir), uncertain_settings()
+        self.queues = {QUEUE_DIR: queue_dir(self.traffic_dir), AUDIT_DIR: audit_dir(self.traffic_dir)}
+        self.review, self.audit_draws = review_settings(), np.random.default_rng()
         self.kept_since_prune = PRUNE_EVERY  # prunes on the first image kept
         self.pointer = follow_pointer()
         self.model_down_until = 0.0  # monotonic time until which batches fail at once (see infer)
@@ -231,7 +234,7 @@ class ImageClassifier:
         probs, embeddings = out[:, : len(labels)], out[:, len(labels) :]
 
         await anyio.to_thread.run_sync(self.log_traffic, rgb, probs, embeddings, labels)
-        if self.uncertain.margin > 0:
+        if self.review.uncertain.margin > 0 or self.review.audit.share > 0:
             await anyio.to_thread.run_sync(self.keep_for_review, rgb, probs, labels, served.tag, names)
         results = []
         for name, p in zip(names, probs):
@@ -331,15 +334,20 @@ class ImageClassifier:
 
     def keep_for_review(self, images: list[Image.Image], probs: np.ndarray, labels: list[str], tag: str,
                         names: list[str]) -> None:
-        """Keep the images the model was least sure of (tasks/labels/queue.py); prune the queue now and then."""
+        """Keep a random audit share of the images, and of the rest those the model was least sure of
+        (tasks/labels/queue.py); prune the queues now and then."""
         try:
-            kept = keep_uncertain(self.review_queue, images, probs, labels, tag, names, self.uncertain.margin)
-            self.kept_since_prune += len(kept)
-            if kept and self.kept_since_prune >= PRUNE_EVERY:
+            audit = draw_audit(len(images), self.review.audit.share, self.audit_draws)
+            chosen = {AUDIT_DIR: audit, QUEUE_DIR: (margin(probs) < self.review.uncertain.margin) & ~audit}
+            for kind, folder in self.queues.items():
+                self.kept_since_prune += len(keep(folder, images, probs, labels, tag, names, chosen[kind], kind))
+            if self.kept_since_prune >= PRUNE_EVERY:
                 self.kept_since_prune = 0
-                prune(self.review_queue, self.uncertain.max_mb, self.uncertain.days)
+                for kind, folder in self.queues.items():
+                    bounds = self.review.audit if kind == AUDIT_DIR else self.review.uncertain
+                    prune(folder, bounds.max_mb, bounds.days)
         except OSError:  # a full or read-only disk must not cost the client its answer
-            logger.exception("could not keep images for review under %s", self.review_queue)
+            logger.exception("could not keep images for review under %s", self.traffic_dir)
 
 
 # Outermost first. With IMAGE_CLASSIFIER_TOKEN(_FILE) set, every route but the health checks needs the

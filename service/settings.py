@@ -26,10 +26,17 @@ class UncertainParams(Section):
     days: float = Field(gt=0.0, description="kept images older than this are deleted")
 
 
+class AuditParams(Section):
+    share: float = Field(ge=0.0, le=1.0, description="share of all served images kept for review at random; 0: none")
+    max_mb: float = Field(gt=0.0, description="the audit images' disk cap")
+    days: float = Field(gt=0.0, description="audit images older than this are deleted")
+
+
 class ServiceSection(Section):
     """params.yaml's `service` section: read by the service only, so editing it re-runs no stage."""
 
     uncertain: UncertainParams
+    audit: AuditParams = AuditParams(share=0.02, max_mb=256, days=90)  # params.yaml from before the audit
 
 
 class ServiceParams(Params):
@@ -127,9 +134,10 @@ def traffic_dir() -> Path:
     return folder if folder.is_absolute() else launch_dir() / folder
 
 
-def uncertain_settings() -> UncertainParams:
-    """service.uncertain of the served folder's params.yaml: which served images are kept for review."""
-    return load_params(model=ServiceParams).service.uncertain
+def review_settings() -> ServiceSection:
+    """service.uncertain and service.audit of the served folder's params.yaml: which served images are kept
+    for review."""
+    return load_params(model=ServiceParams).service
 
 
 def glibc():

@@ -18,6 +18,7 @@ test accuracy there. Writes reports/gate/decision.json; `python -m tasks.product
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import bentoml
@@ -28,15 +29,27 @@ from scipy.stats import binomtest
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, UserError
 from tasks.common.files import sha256
-from tasks.common.paths import DECISION_JSON, MODEL_DIR, POINTER, PREDICTIONS_CSV, RUNTIME_DIR, STORE_ARCHIVES
+from tasks.common.paths import (
+    DECISION_JSON,
+    MANIFEST_CSV,
+    MODEL_DIR,
+    POINTER,
+    PREDICTIONS_CSV,
+    RUNTIME_DIR,
+    STORE_ARCHIVES,
+    split_csv,
+)
+from tasks.data.manifest import read_manifest
 from tasks.data.splits import read_split
 from tasks.evaluation.predict import predict_files
+from tasks.labels.log import TRAFFIC_KINDS, review_log
 from tasks.model.bundle import WEIGHTS_FILE, load_bundle
 from tasks.model.device import pick_device
 from tasks.model.registry import check_in_store, model_metadata, read_pointer
 from tasks.model.served import RUNTIME_JSON, read_runtime
+from tasks.model.trained_on import current_training_images, training_images
 
-PARAMS = ["gate", "inference.device", "evaluate.batch_size"]
+PARAMS = ["gate", "inference.device", "evaluate.batch_size", "data.root", "labels.review_dir"]
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -85,16 +98,37 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     challenger_sha = sha256(workdir / MODEL_DIR / WEIGHTS_FILE)
     champion = read_pointer(workdir / POINTER)["current"]
     challenger_correct = (challenger["prediction"] == challenger["label"]).to_numpy()
+    margin, alpha = params.gate.margin, params.gate.alpha
+    fitted = {"challenger": current_training_images(workdir)}
+    if champion is not None and champion["weights_sha256"] != challenger_sha:
+        check_in_store(champion["model"], archives=workdir / STORE_ARCHIVES)  # from deploy/store when not here
+        stored = bentoml.models.get(champion["model"])
+        fitted["champion"], source = training_images(
+            Path(stored.path), (model_metadata(champion["model"]) or {}).get("lineage"), workdir)
+        if fitted["champion"] is None:
+            print(f"gate: {champion['model']} is graded on every test image, which may favour it: {source}",
+                  file=sys.stderr)
+    fair, left_out = fair_test_images(test, read_manifest_groups(workdir), fitted)
+    sources = image_sources(test, workdir, params)
     if champion is None:
-        decision = decide(challenger_correct, None, params.gate.margin, params.gate.alpha)
+        decision = decide(challenger_correct[fair], None, margin, alpha)
     elif champion["weights_sha256"] == challenger_sha:
-        decision = decide(challenger_correct, None, params.gate.margin, params.gate.alpha)
+        decision = decide(challenger_correct[fair], None, margin, alpha)
         decision.update(passed=False, verdict="already in production", improvement=0.0,
                         champion_accuracy=decision["challenger_accuracy"],
                         reasons=[f"the challenger is the production model {champion['model']} (same weights)"])
     else:
-        champion_correct = score_champion(champion["model"], test, workdir, params)
-        decision = decide(challenger_correct, champion_correct, params.gate.margin, params.gate.alpha)
+        champion_correct = score_champion(stored, test[fair], params, workdir)
+        decision = decide(challenger_correct[fair], champion_correct, margin, alpha)
+        decision["slices"] = slice_accuracy(sources[fair], challenger_correct[fair], champion_correct)
+        if fair.sum() < params.gate.min_test_images:
+            decision.update(passed=False, verdict="refuse", reasons=[
+                f"only {fair.sum()} test images are ones neither model trained or validated on ({left_out['why']}); "
+                f"deciding needs gate.min_test_images = {params.gate.min_test_images}: add images to data.root "
+                "(their test share grows the test split) or lower gate.min_test_images"])
+        decision["champion_training_images"] = source
+    decision.setdefault("slices", slice_accuracy(sources[fair], challenger_correct[fair], None))
+    decision["left_out"] = left_out
     if not (workdir / RUNTIME_DIR / RUNTIME_JSON).is_file():
         raise UserError(f"{RUNTIME_DIR / RUNTIME_JSON} not found; run dvc repro evaluate first")
     chosen = read_runtime(workdir / RUNTIME_DIR)
@@ -106,7 +140,56 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "runtime": champion_runtime(champion["model"])}
     (workdir / DECISION_JSON).parent.mkdir(parents=True, exist_ok=True)
     (workdir / DECISION_JSON).write_text(json.dumps(decision, indent=2))
-    return {"verdict": decision["verdict"], "reasons": decision["reasons"]}
+    return {"verdict": decision["verdict"], "reasons": decision["reasons"], "left_out": left_out["images"]}
+
+
+def read_manifest_groups(workdir: Path) -> pd.Series:
+    """Every duplicate group's content hashes (quarantined copies included), by group id."""
+    if not (workdir / MANIFEST_CSV).is_file():
+        raise UserError(f"{MANIFEST_CSV} not found; run dvc repro validate first")
+    manifest = read_manifest(workdir / MANIFEST_CSV)
+    grouped = manifest[manifest["duplicate_group"] >= 0]
+    return grouped.groupby("duplicate_group")["sha256"].agg(frozenset)
+
+
+def fair_test_images(test: pd.DataFrame, groups: pd.Series, fitted: dict[str, dict | None]) -> tuple[np.ndarray, dict]:
+    """Which test images no model in `fitted` trained or validated on, an image or any copy of it (its
+    duplicate group); and how many were left out for which reason (each counted once, first reason first)."""
+    if "sha256" not in test or "duplicate_group" not in test:
+        raise UserError(f"{split_csv('test')} has no sha256 or duplicate_group column; run dvc repro split")
+    copies = [groups.get(int(group), frozenset()) | {sha} for sha, group in zip(test["sha256"], test["duplicate_group"])]
+    fair = np.ones(len(test), bool)
+    counts = {}
+    for model, splits in fitted.items():
+        for name, hashes in (splits or {}).items():
+            seen = np.array([not set(hashes).isdisjoint(c) for c in copies], bool) & fair
+            counts[f"{model} {'trained' if name == 'train' else 'validated'} on"] = int(seen.sum())
+            fair &= ~seen
+    unknown = [model for model, splits in fitted.items() if splits is None]
+    why = ", ".join(f"{n} the {reason}" for reason, n in counts.items() if n) or "none left out"
+    if unknown:
+        why += f"; the {unknown[0]}'s training images are unknown, so none were left out for it"
+    return fair, {"images": int((~fair).sum()), **counts, "why": why}
+
+
+def image_sources(test: pd.DataFrame, workdir: Path, params: Params) -> np.ndarray:
+    """Each test image's source: "reviewed traffic" when a review added it from the service's traffic
+    (labels.review_dir's log), else "original data"."""
+    root = Path(params.data.root)
+    added = review_log(workdir, params)
+    added = added[added["kind"].isin(TRAFFIC_KINDS) & (added["action"] == "added")]
+    from_traffic = {Path(file).relative_to(root).as_posix() for file in added["file"] if Path(file).is_relative_to(root)}
+    return np.where(test["path"].isin(from_traffic), "reviewed traffic", "original data")
+
+
+def slice_accuracy(sources: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None) -> dict:
+    """Images and both models' accuracy per source slice of the fair test images."""
+    slices = {}
+    for name in sorted(set(sources)):
+        rows = sources == name
+        slices[name] = {"images": int(rows.sum()), "challenger_accuracy": round(float(challenger[rows].mean()), 4),
+                        "champion_accuracy": None if champion is None else round(float(champion[rows].mean()), 4)}
+    return slices
 
 
 def champion_runtime(tag: str) -> dict | None:
@@ -118,10 +201,8 @@ def champion_runtime(tag: str) -> dict | None:
     return {"name": runtime["name"], "accuracy": runtime["figures"]["accuracy"], "reason": runtime["reason"]}
 
 
-def score_champion(tag: str, test: pd.DataFrame, workdir: Path, params: Params) -> np.ndarray:
-    """Per-image correctness of the production model on the test split."""
-    check_in_store(tag, archives=workdir / STORE_ARCHIVES)  # from deploy/store when this machine lacks it
-    model = bentoml.models.get(tag)
+def score_champion(model: bentoml.Model, test: pd.DataFrame, params: Params, workdir: Path = Path(".")) -> np.ndarray:
+    """Per-image correctness of the production model (from the store) on these test images."""
     bundle = load_bundle(model.path, device=pick_device(params.inference.device, setting="inference.device"))
     logits, _, _ = predict_files(bundle, [workdir / f for f in test["file"]], params.evaluate.batch_size)
     predicted = np.array(bundle.labels)[logits.argmax(1)]  # a class the champion lacks is simply never right

@@ -1,6 +1,7 @@
 """Package stage: the evaluated bundle into the BentoML model store, and a Bento that serves it.
 
     models/ (model.safetensors, model.json)  ->  model  <package.model_name>:<version>
+    data/split/{train,val}.csv                   its trained_on.json: the images it learned from (the gate's)
     runtime/ (runtime.json, its ONNX file)       the runtime that serves it (tasks/model/served.py)
     service/, tasks/, params.yaml             ->  Bento  image-classifier-service:<version>
     reports/package/bento.json                   both tags, and the metrics, hashes and lineage packaged
@@ -33,6 +34,7 @@ from tasks.common.paths import METRICS_JSON, MODEL_DIR, PACKAGE_JSON, RUNTIME_DI
 from tasks.model.lineage import bento_labels, collect_lineage
 from tasks.model.meta import META_FILE, WEIGHTS_FILE, read_meta
 from tasks.model.served import RUNTIME_JSON, read_runtime
+from tasks.model.trained_on import FITTED_SPLITS, TRAINED_ON_FILE, current_training_images, write_training_images
 
 # service: the Bento carries params.yaml, whose service section the service reads; data.root: the lineage
 PARAMS = ["package", "service", "data.root"]
@@ -60,8 +62,9 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
-def save_model(name: str, bundle_dir: Path, runtime_dir: Path, metadata: dict) -> bentoml.Model:
-    """Copy the bundle's two files and its runtime's into a new version of model `name` in the model store."""
+def save_model(name: str, bundle_dir: Path, runtime_dir: Path, metadata: dict, trained_on: dict) -> bentoml.Model:
+    """Copy the bundle's two files and its runtime's into a new version of model `name` in the model store,
+    with the content hashes of the images it was trained and validated on (`trained_on`)."""
     labels = {"backbone": str(metadata["backbone"]), "runtime": metadata["runtime"]["name"],
               "source": "imgclf-pipeline"}
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
@@ -70,6 +73,7 @@ def save_model(name: str, bundle_dir: Path, runtime_dir: Path, metadata: dict) -
         for file in (RUNTIME_JSON, metadata["runtime"]["file"]):
             if file:
                 shutil.copy2(runtime_dir / file, model.path_of(file))
+        write_training_images(trained_on, Path(model.path_of(TRAINED_ON_FILE)))
     return bentoml.models.get(model.tag)
 
 
@@ -109,8 +113,9 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     bundle_dir = workdir / MODEL_DIR
     meta = read_meta(bundle_dir)
     metrics = read_metrics(workdir / METRICS_JSON)
-    if not (workdir / TRAIN_CSV).is_file():
-        raise UserError(f"{workdir / TRAIN_CSV} not found; {FIX}")
+    for name in FITTED_SPLITS:
+        if not (workdir / split_csv(name)).is_file():
+            raise UserError(f"{workdir / split_csv(name)} not found; {FIX}")
     metadata = {
         "metrics": metrics,
         "weights_sha256": sha256(bundle_dir / WEIGHTS_FILE),
@@ -123,7 +128,8 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     }
     labels = {**bento_labels(metadata["lineage"], metrics), "runtime": metadata["runtime"]["name"]}
 
-    model = save_model(params.package.model_name, bundle_dir, workdir / RUNTIME_DIR, metadata)
+    trained_on = current_training_images(workdir)
+    model = save_model(params.package.model_name, bundle_dir, workdir / RUNTIME_DIR, metadata, trained_on)
     bento_tag = build_bento(model, labels)
     packed = [str(m.tag) for m in bentoml.get(bento_tag).info.all_models]
     if str(model.tag) not in packed:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.common.config import UserError, load_params
 from tasks.common.paths import DECISION_JSON, PACKAGE_JSON, POINTER, STORE_ARCHIVES
-from tasks.model.lineage import format_lineage
+from tasks.model.lineage import PARAMS_YAML, format_lineage
 from tasks.model.registry import (
     FOLLOW_ENV,
     archive_bento,
@@ -48,6 +48,7 @@ from tasks.model.registry import (
     store_home,
     write_pointer,
 )
+from tasks.monitoring.live_accuracy import load_answers, model_accuracy, unjoined_notice
 
 
 def promote(workdir: Path = Path("."), force: bool = False) -> dict:
@@ -76,6 +77,7 @@ def promote(workdir: Path = Path("."), force: bool = False) -> dict:
         "gate": "forced" if not decision["passed"] else "passed",
         "test_accuracy": decision["challenger_accuracy"], "champion": champion,
         "p_value": decision["p_value"], "reasons": decision["reasons"],
+        "test_images": decision["test_images"], "left_out": decision.get("left_out"),
     }
     write_pointer(workdir / POINTER, {"current": entry, "previous": [pointer["current"], *pointer["previous"]]})
     return entry
@@ -94,8 +96,15 @@ def rollback(workdir: Path = Path(".")) -> dict | None:
 
 
 def show(workdir: Path = Path("."), home: str | Path | None = None) -> dict:
-    """The pointer, each entry with "in_store" and the "lineage" its model was saved with (None if unknown)."""
+    """The pointer, each entry with "in_store", the "lineage" its model was saved with (None if unknown) and
+    its "live" accuracy on the reviewed served images (audit and least sure apart; None without params.yaml)."""
     pointer = read_pointer(workdir / POINTER)
+    answers = None
+    if (workdir / PARAMS_YAML).is_file():
+        answers, unjoined = load_answers(workdir, load_params(workdir / PARAMS_YAML))
+        notice = unjoined_notice(unjoined)
+        if notice:
+            print(f"production: {notice}", file=sys.stderr)
 
     def with_lineage(entry: dict | None) -> dict | None:
         if entry is None:
@@ -104,7 +113,9 @@ def show(workdir: Path = Path("."), home: str | Path | None = None) -> dict:
             check_in_store(entry["model"], home, workdir / STORE_ARCHIVES)
         metadata = model_metadata(entry["model"], home)
         saved = metadata or {}
-        return {**entry, "in_store": metadata is not None,
+        live = None if answers is None else {kind: model_accuracy(answers, entry["model"], kind)
+                                             for kind in ("audit", "uncertain")}
+        return {**entry, "in_store": metadata is not None, "live": live,
                 "lineage": saved.get("lineage"), "metrics": saved.get("metrics"), "runtime": saved.get("runtime")}
 
     return {"current": with_lineage(pointer["current"]), "previous": [with_lineage(e) for e in pointer["previous"]]}
@@ -125,7 +136,9 @@ def describe(shown: dict, home: str | Path | None = None) -> str:
             f"  bento:         {entry.get('bento', '?')}",
             f"  promoted_at:   {entry.get('promoted_at', '?')}",
             f"  gate:          {entry.get('gate', '?')}",
-            f"  test accuracy: {f'{accuracy:.4f}' if isinstance(accuracy, (int, float)) else '?'}",
+            f"  test accuracy: {f'{accuracy:.4f}' if isinstance(accuracy, (int, float)) else '?'}"
+            + graded_on(entry),
+            *live_lines(entry.get("live")),
         ]
         if entry["in_store"]:
             lines += [f"  runtime:       {describe_runtime(entry.get('runtime'))}",
@@ -134,6 +147,31 @@ def describe(shown: dict, home: str | Path | None = None) -> str:
             lines.append(f"  lineage:       unknown: the model is not in the BentoML store under {store_home(home)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def live_lines(live: dict | None) -> list[str]:
+    """Accuracy on reviewed live traffic: the audit sample (the live figure) and the least sure, apart."""
+    if live is None:
+        return []
+    lines = []
+    for kind, title in (("audit", "live accuracy: "), ("uncertain", "least sure:    ")):
+        figures = live[kind]
+        if figures["images"] == 0:
+            lines.append(f"  {title}no reviewed {kind} images yet")
+            continue
+        lines.append(f"  {title}{figures['accuracy']:.4f} (95% {figures['low']:.3f}-{figures['high']:.3f}) on "
+                     f"{figures['images']} reviewed {'audit-sample' if kind == 'audit' else 'least-sure'} images"
+                     + (" (biased low by design: not live accuracy)" if kind == "uncertain" else ""))
+    return lines
+
+
+def graded_on(entry: dict) -> str:
+    """' on 250 test images (20 left out: 20 the champion trained on)', as the gate that passed it judged."""
+    left_out = entry.get("left_out")
+    if not left_out:
+        return ""
+    kept = f" on {entry['test_images']} test images"
+    return kept + (f" ({left_out['images']} left out: {left_out['why']})" if left_out["images"] else "")
 
 
 def describe_runtime(runtime: dict | None) -> str:

@@ -12,6 +12,8 @@ Writes data/split/{train,val,test}.csv (the columns of data/clean/kept.csv) and
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -20,42 +22,69 @@ import pandas as pd
 
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, SplitParams, UserError
+from tasks.common.dvc_store import locked_hash, read_lock, read_object
 from tasks.common.paths import KEPT_CSV, MANIFEST_CSV, QUARANTINE_CSV, SPLIT_DIR, SPLITS, split_csv
 from tasks.data.manifest import read_manifest
+from tasks.data.splits import stored_split
 
 PARAMS = ["split"]
 
 COUNTS_CSV = Path("reports/split/counts.csv")
 CROSS_SPLIT_CSV = Path("reports/split/cross_split_duplicates.csv")
+RULE_JSON = SPLIT_DIR / "rule.json"  # which rule made the split: an older split lacks it
+RULE = "group position"
 
 
-def carve(rows: pd.DataFrame, shares: dict[str, float], rng: np.random.Generator) -> pd.Series:
-    """Split one class's rows by whole duplicate groups: shuffle the groups, fill each share in turn.
+def positions(rows: pd.DataFrame, seed: int) -> pd.Series:
+    """Each duplicate group's place in [0, 1): its smallest content hash, hashed with the seed.
 
-    Every named split gets at least one group and the rest stays in "train".
+    It depends on nothing but the group's own images, so other images coming, going or changing class
+    never move it, and a relabelled image keeps its place.
     """
-    sizes = rows.groupby("duplicate_group").size()
-    groups = sizes.index.to_numpy()[rng.permutation(len(sizes))]
-    if len(groups) < len(shares) + 1:
+    keys = rows.groupby("duplicate_group")["sha256"].min()
+    return keys.map(lambda key: int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64)
+
+
+def carve(rows: pd.DataFrame, shares: dict[str, float], seed: int) -> pd.Series:
+    """Split one class's rows by whole duplicate groups, each by its own position (see `positions`).
+
+    The named splits take the positions below their cumulative shares (the first named split the
+    lowest), the rest is "train". A class that this leaves with an empty split (a class of a few
+    groups) is split by rank instead: its groups in position order fill each named split with at
+    least one group, leaving one for training. Such a class's split can move as it grows, until
+    every split holds a group by position alone.
+    """
+    place = positions(rows, seed).sort_values(kind="stable")
+    if len(place) < len(shares) + 1:
         label = rows["label"].iloc[0]
         raise UserError(
-            f"class {label!r} has {len(rows)} usable images in {len(groups)} distinct groups; "
+            f"class {label!r} has {len(rows)} usable images in {len(place)} distinct groups; "
             f"it needs at least {len(shares) + 1} to split; add images or drop the class"
         )
-    assigned, taken = {}, 0
+    bounds = np.cumsum(list(shares.values()))
+    names = np.array([*shares, "train"])
+    assigned = pd.Series(names[np.searchsorted(bounds, place.to_numpy(), side="right")], index=place.index)
+    if set(assigned) != set(names):
+        assigned = by_rank(rows, place, shares)
+    return rows["duplicate_group"].map(assigned)
+
+
+def by_rank(rows: pd.DataFrame, place: pd.Series, shares: dict[str, float]) -> pd.Series:
+    """A small class: groups in position order fill each share (at least one group), one left for train."""
+    sizes = rows.groupby("duplicate_group").size()
+    assigned, taken = pd.Series("train", index=place.index), 0
     for name, share in shares.items():
         target, got = max(1, round(len(rows) * share)), 0
-        while got < target and taken < len(groups) - 1:  # always leave one group for training
-            assigned[groups[taken]] = name
-            got += sizes[groups[taken]]
+        while got < target and taken < len(place) - 1:
+            assigned[place.index[taken]] = name
+            got += sizes[place.index[taken]]
             taken += 1
-    return rows["duplicate_group"].map(assigned).fillna("train")
+    return assigned
 
 
 def random_splits(kept: pd.DataFrame, cfg: SplitParams) -> pd.Series:
-    rng = np.random.default_rng(cfg.seed)
     shares = {"test": cfg.test, "val": cfg.val}
-    parts = [carve(group, shares, rng) for _, group in kept.groupby("label", sort=True)]
+    parts = [carve(group, shares, cfg.seed) for _, group in kept.groupby("label", sort=True)]
     return pd.concat(parts).reindex(kept.index)
 
 
@@ -64,11 +93,44 @@ def honoured_splits(kept: pd.DataFrame, cfg: SplitParams) -> pd.Series:
     splits = kept["split"].copy()
     missing = {name: getattr(cfg, name) for name in ("test", "val") if not (splits == name).any()}
     if missing:
-        rng = np.random.default_rng(cfg.seed)
         train = kept[splits == "train"]
         for _, group in train.groupby("label", sort=True):
-            splits[group.index] = carve(group, missing, rng)
+            splits[group.index] = carve(group, missing, cfg.seed)
     return splits
+
+
+def previous_split(workdir: Path) -> tuple[pd.DataFrame | None, bool]:
+    """The split before this run (its rows, with "split") and whether this rule made it. Read from
+    data/split when it is still there, else from DVC's cache or remote (dvc repro removes it first)."""
+    if all((workdir / split_csv(name)).is_file() for name in SPLITS):
+        frames = [pd.read_csv(workdir / split_csv(name), dtype=str, keep_default_na=False).assign(split=name)
+                  for name in SPLITS]
+        return pd.concat(frames, ignore_index=True), (workdir / RULE_JSON).is_file()
+    split_hash = locked_hash(read_lock(workdir), "split", "outs", SPLIT_DIR, workdir)
+    before = stored_split(workdir, split_hash) if split_hash else None
+    if before is None:
+        return None, True
+    listing = json.loads(read_object(workdir, split_hash))  # there: stored_split just read it
+    return before, RULE_JSON.name in {entry["relpath"] for entry in listing}
+
+
+def moved_notice(before: pd.DataFrame | None, same_rule: bool, kept: pd.DataFrame, splits: pd.Series) -> str | None:
+    """One line on how many images already split before are in another split now (None: none moved)."""
+    if before is None:
+        return None
+    was = before.drop_duplicates("sha256").set_index("sha256")["split"]
+    now = pd.Series(splits.to_numpy(), index=kept["sha256"])
+    now = now[(now != "") & ~now.index.duplicated()]
+    common = now.index.intersection(was.index)
+    moved = int((now[common] != was[common]).sum())
+    if moved == 0:
+        return None
+    if not same_rule:
+        return (f"split: {moved} of {len(common)} images already split before changed split, once: each duplicate "
+                "group's split is now a fixed function of its own content, so adding, removing or relabelling "
+                "images never moves the others again (docs/data_quality.md)")
+    return (f"split: {moved} of {len(common)} images already split before changed split (split.seed, val or test "
+            "changed, or a class of a few groups grew: see docs/data_quality.md)")
 
 
 def cross_split_duplicates(manifest: pd.DataFrame, quarantine: pd.DataFrame, kept_splits: pd.Series) -> pd.DataFrame:
@@ -92,6 +154,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     kept = pd.read_csv(workdir / KEPT_CSV, dtype=str, keep_default_na=False)
     kept["duplicate_group"] = kept["duplicate_group"].astype("int64")
     kept = kept.sort_values("path", kind="stable").reset_index(drop=True)  # independent of the manifest order
+    before, same_rule = previous_split(workdir)
     honour = (kept["split"] != "").any()
     splits = (honoured_splits if honour else random_splits)(kept, params.split).rename("split")
 
@@ -105,6 +168,10 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
     (workdir / SPLIT_DIR).mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         kept[splits == name].to_csv(workdir / split_csv(name), index=False)
+    (workdir / RULE_JSON).write_text(json.dumps({"rule": RULE, "seed": params.split.seed}) + "\n")
+    notice = moved_notice(before, same_rule, kept, splits)
+    if notice:
+        print(notice, file=sys.stderr)
     used = splits != ""
     counts = pd.crosstab(kept.loc[used, "label"], splits[used]).reindex(columns=list(SPLITS), fill_value=0)
     counts["total"] = counts.sum(axis=1)
@@ -120,6 +187,7 @@ def run(params: Params, workdir: Path = Path(".")) -> dict:
         "mode": "user folders" if honour else "seeded random",
         **{name: int((splits == name).sum()) for name in SPLITS},
         "cross_split_duplicate_groups": int(cross["duplicate_group"].nunique()),
+        "moved": notice,
     }
 
 

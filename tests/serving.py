@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tasks import evaluate, package
+from tasks.common.files import sha256
 from tasks.data.images import open_rgb
 from tasks.model.backbones import create_backbone, pooled_features
 from tasks.model.bundle import fit_projection, load_bundle, save_bundle
@@ -61,8 +62,9 @@ def write_evaluated_bundle(workdir: Path, temperature: float = TEMPERATURE, runt
     metrics = {"accuracy": 1.0, "macro_f1": 1.0, "test_images": 16, "per_class": {}}
     (workdir / "reports/evaluate/metrics.json").write_text(json.dumps(metrics))
     (workdir / "data/split").mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"{p.relative_to(workdir)},{p.parent.name}\n" for p in paths)
-    (workdir / "data/split/train.csv").write_text("file,label\n" + rows)
+    rows = "".join(f"{p.relative_to(workdir)},{p.parent.name},{sha256(p)}\n" for p in paths)
+    (workdir / "data/split/train.csv").write_text("file,label,sha256\n" + rows)
+    (workdir / "data/split/val.csv").write_text("file,label,sha256\n")
     if runtimes:
         bundle = load_bundle(workdir / "models")
         probs = bundle.predict_proba(bundle.preprocess([open_rgb(p) for p in paths]))

@@ -123,7 +123,8 @@ def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_p
 
     metrics = json.loads((tmp_path / paths.METRICS_JSON).read_text())
     predictions = pd.read_csv(tmp_path / paths.PREDICTIONS_CSV)
-    assert metrics["temperature"] == bundle.temperature and metrics["test_images"] == len(predictions) == 6
+    tested = len(pd.read_csv(tmp_path / paths.split_csv("test")))
+    assert metrics["temperature"] == bundle.temperature and metrics["test_images"] == len(predictions) == tested
     first = tmp_path / predictions["file"].iloc[0]
     served = bundle.predict_proba(bundle.preprocess([open_rgb(first)]))[0]
     assert predictions["confidence"].iloc[0] == pytest.approx(served.max(), abs=1e-4)  # calibrated, as served
@@ -134,7 +135,7 @@ def test_evaluate_stage_uses_the_bundles_temperature_and_writes_its_report(tmp_p
     assert page.count("data:image/png;base64,") == 4  # confusion, calibration, mistakes, training curves
     assert "Expected calibration error" in page and "cat" in page
     reliability_csv = pd.read_csv(tmp_path / evaluate.RELIABILITY_CSV)
-    assert reliability_csv["count"].sum() == 6
+    assert reliability_csv["count"].sum() == tested
 
     # Flip test-time augmentation: the mean of the logits of each image and its mirror image.
     batch = bundle.preprocess([open_rgb(first)])

@@ -48,7 +48,8 @@ def save_variant(packaged: dict, name: str, change) -> str:
     change(bundle)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENTOML_HOME", report["bentoml_home"])
-        model = package.save_model(report["model_tag"].split(":")[0], bundle, bundle, report["metadata"])
+        model = package.save_model(report["model_tag"].split(":")[0], bundle, bundle, report["metadata"],
+                                   {"train": [], "val": []})
     return str(model.tag)
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from tasks import evaluate, gate, package, production, train
 from tasks.common import paths
 from tasks.common.config import UserError
 from tasks.model import registry
+from tasks.model.trained_on import TRAINED_ON_FILE
 from tests.test_stages import prepare
 
 pytestmark = pytest.mark.evaluation
@@ -147,3 +151,81 @@ def test_production_pointer_rejects_a_hand_broken_file(tmp_path):
     (tmp_path / "production.json").write_text('{"current": null}')
     with pytest.raises(UserError, match="must hold exactly 'current' and 'previous'"):
         registry.read_pointer(tmp_path / "production.json")
+
+
+def save_champion(workdir, params, trained_on: dict, lineage: dict, monkeypatch, keep_list: bool = True) -> str:
+    """The trained bundle saved to the store as the production model, as if trained on `trained_on`."""
+    metadata = {"metrics": {"accuracy": 0.5, "macro_f1": 0.5}, "weights_sha256": "0" * 64, "backbone": "x",
+                "labels": ["cat", "dog", "fox"], "image_size": 32, "lineage": lineage,
+                "runtime": package.runtime_summary(workdir / paths.RUNTIME_DIR)}
+    model = package.save_model(params.package.model_name, workdir / paths.MODEL_DIR, workdir / paths.RUNTIME_DIR,
+                               metadata, trained_on)
+    if not keep_list:  # packaged before models kept their training images
+        (Path(model.path) / TRAINED_ON_FILE).unlink()
+    # BentoML settles its store once per process: where an earlier test put it, the gate must look.
+    monkeypatch.setenv("BENTOML_HOME", str(Path(model.path).parents[2]))
+    registry.write_pointer(workdir / paths.POINTER, {
+        "current": {"model": str(model.tag), "weights_sha256": "0" * 64}, "previous": []})
+    return str(model.tag)
+
+
+@pytest.mark.slow(reason="trains a model and saves three champions to a store")
+def test_the_gate_never_grades_a_model_on_images_it_trained_on(tmp_path, image_root, monkeypatch, capsys):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    params = prepare(tmp_path, image_root, train={"epochs": 1}, evaluate={"runtime": "torch"},
+                     gate={"min_test_images": 1})
+    train.run(params, tmp_path)
+    evaluate.run(params, tmp_path)
+    split_rows = {n: pd.read_csv(tmp_path / paths.split_csv(n)) for n in paths.SPLITS}
+    test_hashes = split_rows["test"]["sha256"].tolist()
+    assert len(test_hashes) >= 4
+    # A split reshuffled by the rule the split stage had before: two of today's test images were the
+    # champion's training images, one its validation image.
+    old = {"train": split_rows["train"]["sha256"].tolist()[2:] + test_hashes[:2],
+           "val": split_rows["val"]["sha256"].tolist() + test_hashes[2:3]}
+    save_champion(tmp_path, params, old, {"split_hash": "unknown"}, monkeypatch)
+    assert gate.run(params, tmp_path)["left_out"] == 3
+    decision = json.loads((tmp_path / paths.DECISION_JSON).read_text())
+    assert decision["test_images"] == len(test_hashes) - 3
+    assert decision["left_out"] == {"images": 3, "challenger trained on": 0, "challenger validated on": 0,
+                                    "champion trained on": 2, "champion validated on": 1,
+                                    "why": "2 the champion trained on, 1 the champion validated on"}
+    assert decision["champion_training_images"] == "the model store"
+    assert decision["slices"]["original data"]["images"] == len(test_hashes) - 3
+
+    # Too few fair images left: the gate refuses with the reason instead of deciding.
+    strict = params.model_copy(update={"gate": params.gate.model_copy(update={"min_test_images": len(test_hashes)})})
+    assert gate.run(strict, tmp_path)["verdict"] == "refuse"
+    reasons = json.loads((tmp_path / paths.DECISION_JSON).read_text())["reasons"]
+    assert reasons == [f"only {len(test_hashes) - 3} test images are ones neither model trained or validated on "
+                       "(2 the champion trained on, 1 the champion validated on); deciding needs "
+                       f"gate.min_test_images = {len(test_hashes)}: add images to data.root (their test share grows "
+                       "the test split) or lower gate.min_test_images"]
+
+    # A champion packaged before models kept the list: recovered from its split in DVC's cache.
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    stored = tmp_path / "old_split"
+    stored.mkdir()
+    for name in paths.SPLITS:
+        rows = split_rows[name]
+        moved = {"train": pd.concat([rows[2:], split_rows["test"][:2]]) if name == "train" else rows}
+        moved.get(name, rows).to_csv(stored / f"{name}.csv", index=False)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "old_split"], cwd=tmp_path, check=True)
+    split_hash = yaml.safe_load((tmp_path / "old_split.dvc").read_text())["outs"][0]["md5"]
+    save_champion(tmp_path, params, {}, {"split_hash": split_hash}, monkeypatch, keep_list=False)
+    gate.run(params, tmp_path)
+    decision = json.loads((tmp_path / paths.DECISION_JSON).read_text())
+    assert decision["champion_training_images"] == f"its split {split_hash}, recovered from DVC"
+    assert decision["left_out"]["champion trained on"] == 2
+
+    # Lost: said in one line and in the decision, and the champion is graded on every test image.
+    capsys.readouterr()
+    tag = save_champion(tmp_path, params, {}, {"split_hash": "0123456789abcdef0123456789abcdef.dir"}, monkeypatch,
+                        keep_list=False)
+    gate.run(params, tmp_path)
+    decision = json.loads((tmp_path / paths.DECISION_JSON).read_text())
+    why = ("the model has no list of its training images, and its split 0123456789abcdef0123456789abcdef.dir is in "
+           "neither the DVC cache nor the remote (dvc pull it, or push it from the machine that trained the model)")
+    assert decision["champion_training_images"] == why and decision["test_images"] == len(test_hashes)
+    assert capsys.readouterr().err.splitlines() == [
+        f"gate: {tag} is graded on every test image, which may favour it: {why}"]

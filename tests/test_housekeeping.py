@@ -5,7 +5,6 @@ session server are theirs to read.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

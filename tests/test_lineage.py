@@ -167,7 +167,7 @@ def test_show_prints_lineage_of_production_and_each_predecessor(tmp_path, store,
 
     newest = lineage_of("2" * 40 + "-dirty", "drift")
     shown = production.show(tmp_path)
-    assert shown["current"] == {**pointer["current"], "in_store": True, "lineage": newest,
+    assert shown["current"] == {**pointer["current"], "in_store": True, "lineage": newest, "live": None,
                                 "metrics": {"accuracy": 0.9, "macro_f1": 0.89}, "runtime": None}
     assert shown["previous"][0]["lineage"]["git_commit"] == "1" * 40
     assert shown["previous"][1]["in_store"] is False and shown["previous"][1]["lineage"] is None

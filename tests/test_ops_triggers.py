@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from prefect import flow
@@ -22,8 +23,12 @@ from prefect.schedules import Interval
 
 from flows.deployments import SILENT_RUNS, register
 from flows.events import DRIFT_EVENT, announce_drift
+from flows.review import check_live_accuracy
 from flows.settings import FlowParams
 from tasks.common.config import load_params
+from tasks.common.paths import POINTER
+from tasks.labels.log import LOG_COLUMNS
+from tasks.model.registry import write_pointer
 from tests.conftest import PROJECT_ROOT, prefect_cli, write_image_set
 
 pytestmark = [pytest.mark.ops, pytest.mark.slow(reason="a real Prefect server: schedules, automations, events")]
@@ -90,7 +95,7 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
     assert tune.global_concurrency_limit.limit == 1
     assert {d.work_pool_name for d in (retrain, monitor, housekeeping, tune)} == {"imgclf-local"}
     triggers = {a["name"]: a["trigger"] for a in automations()}
-    assert set(triggers) == {"retrain on drift", "retrain on new data", SILENT_RUNS}
+    assert set(triggers) == {"retrain on drift", "retrain on new data", "retrain on live accuracy", SILENT_RUNS}
     assert triggers["retrain on drift"]["within"] == COOLDOWN_MINUTES * 60
     assert triggers[SILENT_RUNS]["posture"] == "Proactive" and triggers[SILENT_RUNS]["within"] == 90
 
@@ -105,7 +110,8 @@ def test_deployments_exist_with_their_schedules_and_limits(project: Path):
     register(load_params(project / "params.yaml", FlowParams), project)
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("retrain/retrain").id == retrain.id
-    assert sorted(a["name"] for a in automations()) == sorted(["retrain on drift", "retrain on new data", SILENT_RUNS])
+    assert sorted(a["name"] for a in automations()) == sorted(["retrain on drift", "retrain on new data",
+                                                               "retrain on live accuracy", SILENT_RUNS])
 
 
 def test_a_drift_event_starts_one_retrain_and_a_second_within_the_cooldown_none(project: Path):
@@ -129,6 +135,33 @@ def test_a_drift_event_starts_one_retrain_and_a_second_within_the_cooldown_none(
         time.sleep(0.5)
     time.sleep(2)  # ... and its triggers, which read the same stream, have had time to act on it
     assert len(retrain_runs("drift")) == 1
+
+
+def test_audited_live_accuracy_below_test_accuracy_starts_a_retrain_that_names_the_figures(project: Path):
+    """Reviewers found production wrong on 20 of 60 audited images: far below its 0.95 test accuracy."""
+    log = project / "data/reviews/log.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"key": f"audit:{i}.png", "kind": "audit", "action": "added", "file": f"images/cat/{i}.png",
+             "new_label": "cat" if i >= 20 else "dog", "model_version": "image-classifier:prod", "prediction": "cat",
+             "served_at": "2026-05-01T09:00:00+00:00"} for i in range(60)]
+    pd.DataFrame(rows, columns=LOG_COLUMNS).fillna("").to_csv(log, index=False)
+    write_pointer(project / POINTER, {"current": {"model": "image-classifier:prod", "test_accuracy": 0.95},
+                                      "previous": []})
+    params = load_params(project / "params.yaml", FlowParams)
+
+    @flow
+    def check() -> dict:
+        return check_live_accuracy(project, params)
+
+    result = check()
+    EventsWorker.drain_all()
+    assert result["alarm"] and result["images"] == 60 and result["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    runs = wait_for_runs("live accuracy", 1)
+    assert len(runs) == 1
+    assert runs[0].parameters["reason"].startswith(
+        "image-classifier:prod: audited live accuracy 0.667 [0.541, 0.773] on 60 images against test accuracy "
+        "0.950: one-sided binomial p = ")
+    assert (project / params.ops.home / "evidently").is_dir()  # the live-accuracy snapshots
 
 
 def test_new_labelled_data_starts_one_retrain(project: Path, prefect_server: str):

@@ -272,6 +272,8 @@ class EvaluateParams(Section):
 class GateParams(Section):
     margin: float = Field(ge=0.0, le=1.0, description="accuracy the challenger must gain over the champion")
     alpha: float = Field(gt=0.0, lt=1.0, description="significance level of McNemar's exact test")
+    min_test_images: StrictInt = Field(
+        default=100, ge=1, description="test images neither model trained or validated on, below which the gate refuses")
 
 
 class PackageParams(Section):

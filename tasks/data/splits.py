@@ -1,7 +1,9 @@
-"""Reading the split stage's manifests (data/split/<name>.csv), turning labels into class indices, and
-folds over them (duplicate groups kept whole) for cross-validation."""
+"""Reading the split stage's manifests (data/split/<name>.csv), now or as an earlier run stored them in
+DVC, turning labels into class indices, and folds over them (duplicate groups kept whole) for
+cross-validation."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tasks.common.config import UserError
-from tasks.common.paths import split_csv
+from tasks.common.dvc_store import read_directory
+from tasks.common.paths import SPLITS, split_csv
 
 
 def read_split(workdir: Path, name: str) -> pd.DataFrame:
@@ -21,6 +24,17 @@ def read_split(workdir: Path, name: str) -> pd.DataFrame:
     if frame.empty:
         raise UserError(f"{split_csv(name)} is empty; add images or lower split.val / split.test")
     return frame
+
+
+def stored_split(workdir: Path, split_hash: str) -> pd.DataFrame | None:
+    """Every row of the split DVC stored as `split_hash` (a data/split `.dir` hash, as dvc.lock and a model's
+    lineage record it), with its split in the "split" column; None when neither the cache nor the remote has it."""
+    files = read_directory(workdir, split_hash) if split_hash.endswith(".dir") else None
+    if files is None:
+        return None
+    frames = [pd.read_csv(io.BytesIO(files[f"{name}.csv"]), dtype=str, keep_default_na=False).assign(split=name)
+              for name in SPLITS if f"{name}.csv" in files]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def class_indices(frame: pd.DataFrame, labels: list[str], split: str = "validation") -> np.ndarray:

@@ -1,10 +1,16 @@
-"""The service's review queue: the served images the model was least sure of, kept for a person to label.
+"""The service's review queues: served images kept for a person to label, of two kinds.
 
-Everything else the service logs as features only (tasks/monitoring/traffic.py). An image whose
-top-two probability margin is below service.uncertain.margin is kept under
-<monitor.traffic_dir>/uncertain/<day>/ as the RGB PNG the model classified, beside a JSON file with
-the model version, prediction, probabilities and margin. The queue is bounded: files older than
-service.uncertain.days go, then the oldest until it holds at most service.uncertain.max_mb.
+    uncertain   the images the model was least sure of: top-two probability margin below
+                service.uncertain.margin; what a new model learns most from
+    audit       a random share (service.audit.share) of every served image, sure or not: the only
+                unbiased sample of traffic, so the only one that measures accuracy on it
+                (tasks/monitoring/live_accuracy.py)
+
+Everything else the service logs as features only (tasks/monitoring/traffic.py). A kept image lies
+under <monitor.traffic_dir>/<kind>/<day>/ as the RGB PNG the model classified, beside a JSON file
+with the kind, model version, prediction, probabilities, margin and the time it was served. An
+image drawn for the audit is kept there only. Each queue is bounded by its own section's days and
+max_mb: older files go, then the oldest until it fits.
 """
 from __future__ import annotations
 
@@ -23,24 +29,40 @@ from tasks.common.files import atomic_path
 from tasks.labels.uncertainty import margin
 
 QUEUE_DIR = "uncertain"  # under the traffic folder
+AUDIT_DIR = "audit"
 
 
 def queue_dir(traffic_dir: Path) -> Path:
     return traffic_dir / QUEUE_DIR
 
 
+def audit_dir(traffic_dir: Path) -> Path:
+    return traffic_dir / AUDIT_DIR
+
+
+def draw_audit(count: int, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Which of `count` served images go to the audit: each independently with probability `share`."""
+    return rng.random(count) < share
+
+
 def keep_uncertain(folder: Path, images: list[Image.Image], probs: np.ndarray, labels: list[str], model: str,
                    names: list[str], below: float, now: datetime | None = None) -> list[Path]:
     """Write the images whose margin is below `below` (with their JSON); returns the PNG paths."""
+    return keep(folder, images, probs, labels, model, names, margin(probs) < below, QUEUE_DIR, now)
+
+
+def keep(folder: Path, images: list[Image.Image], probs: np.ndarray, labels: list[str], model: str,
+         names: list[str], chosen: np.ndarray, kind: str, now: datetime | None = None) -> list[Path]:
+    """Write the `chosen` images as `kind` (with their JSON); returns the PNG paths."""
     margins = margin(probs)
     now = now or datetime.now(timezone.utc)
     written = []
-    for image, p, m, name in zip(images, probs, margins, names):
-        if m >= below:
+    for image, p, m, name, wanted in zip(images, probs, margins, names, chosen):
+        if not wanted:
             continue
         stem = folder / now.strftime("%Y-%m-%d") / f"{now.strftime('%H%M%S')}-{uuid.uuid4().hex[:12]}"
         record = {
-            "image": stem.name + ".png", "filename": name, "model": model, "time": now.isoformat(),
+            "image": stem.name + ".png", "kind": kind, "filename": name, "model": model, "time": now.isoformat(),
             "prediction": labels[int(np.argmax(p))], "margin": round(float(m), 6),
             "probabilities": {label: round(float(v), 6) for label, v in zip(labels, p)},
         }
@@ -64,7 +86,8 @@ def kept(folder: Path) -> pd.DataFrame:
         image = record_path.with_suffix(".png")
         if image.is_file():
             rows.append({**record, "image": image})
-    frame = pd.DataFrame(rows, columns=["image", "filename", "model", "time", "prediction", "margin", "probabilities"])
+    columns = ["image", "kind", "filename", "model", "time", "prediction", "margin", "probabilities"]
+    frame = pd.DataFrame(rows, columns=columns).fillna({"kind": folder.name})
     return frame.sort_values(["margin", "time"], kind="stable").reset_index(drop=True)
 
 

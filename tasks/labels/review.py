@@ -1,16 +1,18 @@
 """Reviews in, reviews out: what is sent to Label Studio, and how finished reviews change the data.
 
-Two kinds of review task (tasks/labels/studio_client.py shows them with the model's prediction):
+Three kinds of review task (tasks/labels/studio_client.py shows them with the model's prediction):
     suspect     a labelled image under data.root that the label_quality stage finds likely wrong
     uncertain   a served image the model was least sure of (tasks/labels/queue.py)
+    audit       a served image drawn at random (tasks/labels/queue.py): measures live accuracy
 A finished review changes data.root as a person would, and nothing is ever deleted:
     suspect, another class         the image moves to data.root/<class>/           relabelled
     suspect, its own class         stays                                            confirmed
     suspect, rejected              moves to <labels.review_dir>/rejected/<class>/   rejected
-    uncertain, a class             copied to data.root/<class>/                     added
-    uncertain, rejected            stays in the queue                               rejected
-Every review is a row of <labels.review_dir>/log.csv (file, old and new label, reviewer, model
-version, score, time); a review already in the log is not applied twice. Then data.root and the
+    uncertain or audit, a class    copied to data.root/<class>/                     added
+    uncertain or audit, rejected   stays in the queue                               rejected
+Every review is a row of <labels.review_dir>/log.csv (tasks/labels/log.py: file, old and new label,
+reviewer, and for a served image what the service answered: model version, prediction, when it was
+served); a review already in the log is not applied twice. Then data.root and the
 review folder are `dvc add`-ed, so DVC's history can undo any step and the new-data trigger retrains.
 """
 from __future__ import annotations
@@ -24,21 +26,12 @@ import pandas as pd
 
 from tasks.common.config import Params, UserError
 from tasks.common.paths import SUSPECTS_CSV
-from tasks.labels.queue import kept, queue_dir
+from tasks.labels.log import LOG_COLUMNS, LOG_NAME, TRAFFIC_KINDS, review_log
+from tasks.labels.queue import audit_dir, kept, queue_dir
 from tasks.labels.studio_client import EXTRA_CHOICES
 
-LOG_NAME = "log.csv"
 REJECTED = "rejected"
 OUT_OF_FOLD = "label_quality out-of-fold models"
-LOG_COLUMNS = ["time", "key", "kind", "file", "old_label", "new_label", "action", "reviewer", "reviewed_at",
-               "model_version", "score", "note"]
-
-
-def review_log(workdir: Path, params: Params) -> pd.DataFrame:
-    path = workdir / params.labels.review_dir / LOG_NAME
-    if not path.is_file():
-        return pd.DataFrame(columns=LOG_COLUMNS)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def suspect_items(workdir: Path, params: Params) -> list[dict]:
@@ -57,10 +50,12 @@ def suspect_items(workdir: Path, params: Params) -> list[dict]:
     return items
 
 
-def uncertain_items(workdir: Path, params: Params, since: datetime | None = None, limit: int | None = None
-                    ) -> list[dict]:
-    """A review item per image the service kept (least sure first), optionally only those kept since a time."""
-    queue = kept(queue_dir(workdir / params.monitor.traffic_dir))
+def uncertain_items(workdir: Path, params: Params, since: datetime | None = None, limit: int | None = None,
+                    kind: str = "uncertain") -> list[dict]:
+    """A review item per served image the service kept as `kind` (uncertain or audit; least sure first),
+    optionally only those kept since a time."""
+    traffic = workdir / params.monitor.traffic_dir
+    queue = kept(audit_dir(traffic) if kind == "audit" else queue_dir(traffic))
     if since is not None:
         queue = queue[pd.to_datetime(queue["time"], utc=True) >= since]
     items = []
@@ -69,17 +64,22 @@ def uncertain_items(workdir: Path, params: Params, since: datetime | None = None
             image = Path(row.image).resolve().relative_to(workdir.resolve())
         except ValueError:
             raise UserError(f"monitor.traffic_dir must lie inside the project for review ({row.image} does not)") from None
-        items.append({"key": f"uncertain:{Path(row.image).name}", "image": image.as_posix(), "kind": "uncertain",
+        items.append({"key": f"{kind}:{Path(row.image).name}", "image": image.as_posix(), "kind": kind,
                       "given_label": None, "prediction": row.prediction,
                       "score": float(row.probabilities[row.prediction]), "model_version": row.model,
-                      "probabilities": row.probabilities})
+                      "probabilities": row.probabilities, "served_at": row.time})
     return items
+
+
+def served_items(workdir: Path, params: Params) -> list[dict]:
+    """Every kept served image, the audit sample first (it is what measures live accuracy)."""
+    return uncertain_items(workdir, params, kind="audit") + uncertain_items(workdir, params)
 
 
 def waiting_for_review(workdir: Path, params: Params) -> int:
     """Suspect labels and kept served images that no applied review has answered yet."""
     answered = set(review_log(workdir, params)["key"])
-    return sum(item["key"] not in answered for item in suspect_items(workdir, params) + uncertain_items(workdir, params))
+    return sum(item["key"] not in answered for item in suspect_items(workdir, params) + served_items(workdir, params))
 
 
 def check_data_root_is_own(workdir: Path, params: Params) -> None:
@@ -116,7 +116,9 @@ def apply_review(workdir: Path, params: Params, review: dict, classes: list[str]
            "kind": review["kind"], "file": review["image"], "old_label": review.get("given_label") or "",
            "new_label": review.get("choice") or "", "reviewer": review.get("reviewer") or "",
            "reviewed_at": review["reviewed_at"], "model_version": review.get("model_version") or "",
-           "score": review.get("score"), "note": ""}
+           "score": review.get("score"), "note": "",
+           "prediction": (review.get("prediction") or "") if review["kind"] in TRAFFIC_KINDS else "",
+           "served_at": review.get("served_at") or ""}
     source, choice = workdir / review["image"], review.get("choice")
     data_root = workdir / params.data.root
     if review.get("problem") or (choice not in classes and choice not in EXTRA_CHOICES):
@@ -125,7 +127,7 @@ def apply_review(workdir: Path, params: Params, review: dict, classes: list[str]
     if not source.is_file():
         return {**row, "action": "skipped", "note": f"{review['image']} vanished since the task was made "
                 "(moved by an earlier review, or pruned from the queue); nothing changed"}
-    if review["kind"] == "uncertain":
+    if review["kind"] in TRAFFIC_KINDS:
         if choice in EXTRA_CHOICES:
             return {**row, "action": "rejected", "note": choice}
         target = free_path(data_root / choice / source.name)
@@ -155,6 +157,8 @@ def apply_reviews(workdir: Path, params: Params, reviews: list[dict], classes: l
     rows = pd.DataFrame([apply_review(workdir, params, r, classes) for r in fresh], columns=LOG_COLUMNS)
     path = workdir / params.labels.review_dir / LOG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and list(log.columns) != LOG_COLUMNS:  # a log from before the served answers: same rows,
+        log.reindex(columns=LOG_COLUMNS, fill_value="").to_csv(path, index=False)  # the new columns empty
     rows.to_csv(path, mode="a", header=not path.is_file(), index=False)  # the log only grows
     track(workdir, [params.data.root, params.labels.review_dir])
     return rows

@@ -26,7 +26,7 @@ NONE_OF_THESE = "none of these"  # the image shows something, but none of the cl
 UNUSABLE = "unusable"  # the image cannot be judged (blank, corrupt, cut off): reject it
 EXTRA_CHOICES = (NONE_OF_THESE, UNUSABLE)
 FROM_NAME, TO_NAME = "label", "image"
-KINDS = ("suspect", "uncertain")
+KINDS = ("suspect", "uncertain", "audit")
 PAGE = 500
 
 
@@ -116,7 +116,8 @@ class LabelStudio:
             reviews.append({"key": data["key"], "image": data["path"], "kind": data["kind"],
                             "given_label": data["given_label"], "choice": choice,
                             "reviewer": emails.get(latest["completed_by"]), "reviewed_at": latest["updated_at"],
-                            "model_version": data["model_version"], "score": data["score"], "problem": problem})
+                            "model_version": data["model_version"], "score": data["score"], "problem": problem,
+                            "prediction": data.get("prediction"), "served_at": data.get("served_at", "")})
         return reviews
 
     def _task(self, item: dict, classes: list[str]) -> dict:
@@ -136,6 +137,8 @@ class LabelStudio:
                 "model_version": item["model_version"], "note": note}
         if item.get("probabilities") is not None:
             data["probabilities"] = item["probabilities"]
+        if item.get("served_at"):
+            data["served_at"] = item["served_at"]
         result = [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [prediction]}}]
         return {"data": data, "predictions": [{"model_version": item["model_version"], "score": score,
                                                "result": result}]}

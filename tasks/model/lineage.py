@@ -18,16 +18,14 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from tasks.common.config import Params
+from tasks.common.dvc_store import DVC_LOCK, locked_hash, read_lock
 from tasks.common.files import sha256
 from tasks.common.paths import POINTER, SPLIT_DIR
 
 TRIGGER_ENV = "IMGCLF_TRIGGER"  # set by whoever starts a run (the retrain flow); unset: a person did
 DEFAULT_TRIGGER = "manual"
 UNKNOWN = "unknown"
-DVC_LOCK = Path("dvc.lock")
 PARAMS_YAML = Path("params.yaml")
 # Files the pipeline itself rewrites during a run: a change to them alone does not make the code dirty.
 PIPELINE_WRITTEN = (DVC_LOCK, POINTER)
@@ -36,13 +34,13 @@ KEYS = ("data_root", "data_root_hash", "split_hash", "git_commit", "params_sha25
 
 def collect_lineage(workdir: Path, params: Params) -> dict[str, str]:
     """The lineage of a run in `workdir` (the project root) with `params`; every value a string."""
-    lock = _read_lock(workdir / DVC_LOCK)
+    lock = read_lock(workdir)
     root = params.data.root
     params_file = workdir / PARAMS_YAML
     return {
         "data_root": str(root),
-        "data_root_hash": _locked_hash(lock, "validate", "deps", root, workdir),
-        "split_hash": _locked_hash(lock, "split", "outs", SPLIT_DIR, workdir),
+        "data_root_hash": locked_hash(lock, "validate", "deps", root, workdir) or UNKNOWN,
+        "split_hash": locked_hash(lock, "split", "outs", SPLIT_DIR, workdir) or UNKNOWN,
         "git_commit": git_commit(workdir),
         "params_sha256": sha256(params_file) if params_file.is_file() else UNKNOWN,
         "trigger": trigger(),
@@ -92,24 +90,3 @@ def _git(workdir: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _read_lock(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        lock = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    return stages if isinstance(stages, dict) else {}
-
-
-def _locked_hash(stages: dict, stage: str, kind: str, path: str | Path, workdir: Path) -> str:
-    """The md5 dvc.lock records for `path` among one stage's deps or outs; "unknown" if absent."""
-    wanted = (workdir / path).resolve()
-    entries = stages.get(stage, {}).get(kind) if isinstance(stages.get(stage), dict) else None
-    for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict) and "path" in entry and (workdir / str(entry["path"])).resolve() == wanted:
-            return str(entry.get("md5") or UNKNOWN)
-    return UNKNOWN

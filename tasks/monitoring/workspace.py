@@ -80,15 +80,17 @@ def _locked(workspace_dir: Path):
         yield
 
 
-def _project(workspace: Workspace) -> Project:
-    """The drift project, created the first time; its dashboard rewritten whenever the code's differs."""
-    found = workspace.search_project(PROJECT_NAME)
-    project = found[0] if found else workspace.create_project(PROJECT_NAME, description=PROJECT_DESCRIPTION)
-    panels = dashboard_panels()
+def _project(workspace: Workspace, name: str = PROJECT_NAME, description: str = PROJECT_DESCRIPTION,
+             panels: list[DashboardPanelPlot] | None = None, tab: str = TAB) -> Project:
+    """A project (the drift project by default), created the first time; its dashboard (one tab of `panels`,
+    default the drift dashboard's) rewritten whenever the code's differs."""
+    found = workspace.search_project(name)
+    project = found[0] if found else workspace.create_project(name, description=description)
+    panels = dashboard_panels() if panels is None else panels
     stored = workspace.get_dashboard(project.id)
     if [p.dict(exclude={"id"}) for p in stored.panels] != [p.dict(exclude={"id"}) for p in panels]:
-        tab = DashboardTabModel(title=TAB, panels=[p.id for p in panels])
-        workspace.save_dashboard(project.id, DashboardModel(tabs=[tab], panels=panels))
+        board = DashboardTabModel(title=tab, panels=[p.id for p in panels])
+        workspace.save_dashboard(project.id, DashboardModel(tabs=[board], panels=panels))
     return project
 
 
