@@ -112,7 +112,7 @@ def new_project(root: Path, per_class: int, epochs: int) -> None:
         shutil.copy(ROOT / file, root / file)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["root"] = "images"
-    raw["validate"]["warn_only"] = ["duplicate_share"]
+    raw["validate"]["warn_only"] = ["duplicate_share", "label_conflict"]  # look-alikes: near-copies across classes
     raw["train"].update({"epochs": epochs, "augment": {**raw["train"]["augment"], "rotation": 0}})
     raw["labels"].update({"folds": 2, "epochs": 1, "max_share": 1.0})  # not what is measured here: kept short
     raw["evaluate"]["runtime"] = "torch"
