@@ -111,8 +111,9 @@ def check_live_accuracy(root: Path, params: FlowParams) -> dict | None:
     when production's audited accuracy is significantly below its test accuracy. Returns the test."""
     logger = get_run_logger()
     answers, unjoined = load_answers(root, params)
-    if unjoined_notice(unjoined):
-        logger.warning("review: %s", unjoined_notice(unjoined))
+    notice = unjoined_notice(unjoined)
+    if notice:
+        logger.warning("review: %s", notice)
     table = accuracy_table(answers)
     if len(table):
         create_table_artifact(key="live-accuracy", table=table.to_dict("records"),

@@ -162,7 +162,8 @@ def fair_test_images(test: pd.DataFrame, groups: pd.Series, fitted: dict[str, di
     counts = {}
     for model, splits in fitted.items():
         for name, hashes in (splits or {}).items():
-            seen = np.array([not set(hashes).isdisjoint(c) for c in copies], bool) & fair
+            hashes = set(hashes)
+            seen = np.array([not hashes.isdisjoint(c) for c in copies], bool) & fair
             counts[f"{model} {'trained' if name == 'train' else 'validated'} on"] = int(seen.sum())
             fair &= ~seen
     unknown = [model for model, splits in fitted.items() if splits is None]

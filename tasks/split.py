@@ -22,10 +22,10 @@ import pandas as pd
 
 from tasks.common.cli import run_stage
 from tasks.common.config import Params, SplitParams, UserError
-from tasks.common.dvc_store import locked_hash, read_lock, read_object
+from tasks.common.dvc_store import locked_hash, read_directory, read_lock
 from tasks.common.paths import KEPT_CSV, MANIFEST_CSV, QUARANTINE_CSV, SPLIT_DIR, SPLITS, split_csv
 from tasks.data.manifest import read_manifest
-from tasks.data.splits import stored_split
+from tasks.data.splits import split_rows
 
 PARAMS = ["split"]
 
@@ -107,11 +107,9 @@ def previous_split(workdir: Path) -> tuple[pd.DataFrame | None, bool]:
                   for name in SPLITS]
         return pd.concat(frames, ignore_index=True), (workdir / RULE_JSON).is_file()
     split_hash = locked_hash(read_lock(workdir), "split", "outs", SPLIT_DIR, workdir)
-    before = stored_split(workdir, split_hash) if split_hash else None
-    if before is None:
-        return None, True
-    listing = json.loads(read_object(workdir, split_hash))  # there: stored_split just read it
-    return before, RULE_JSON.name in {entry["relpath"] for entry in listing}
+    files = read_directory(workdir, split_hash) if split_hash else None
+    before = split_rows(files) if files else None
+    return (None, True) if before is None else (before, RULE_JSON.name in files)
 
 
 def moved_notice(before: pd.DataFrame | None, same_rule: bool, kept: pd.DataFrame, splits: pd.Series) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tasks import split
 from tasks.common import paths
@@ -86,7 +87,7 @@ def test_the_first_split_under_this_rule_says_once_how_many_images_moved(tmp_pat
     # Under dvc repro the old split is gone from the workspace: it is read back from DVC's cache.
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data/split"], cwd=tmp_path, check=True)
-    out_hash = json.dumps(__import__("yaml").safe_load((tmp_path / "data/split.dvc").read_text())["outs"][0]["md5"])
+    out_hash = json.dumps(yaml.safe_load((tmp_path / "data/split.dvc").read_text())["outs"][0]["md5"])
     (tmp_path / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n  split:\n    outs:\n    - path: data/split\n"
                                        f"      md5: {out_hash}\n")
     (tmp_path / "data/split.dvc").unlink()

@@ -37,35 +37,30 @@ def locked_hash(stages: dict, stage: str, kind: str, path: str | Path, workdir: 
     return None
 
 
-def read_object(workdir: Path, md5: str) -> bytes | None:
-    """The bytes DVC stores under `md5`: from the local cache, else the default remote; None if neither has them."""
+def read_directory(workdir: Path, md5: str) -> dict[str, bytes] | None:
+    """Every file of a directory output DVC stored as `md5` (`<hash>.dir`), by relative path, each from the
+    local cache, else the default remote; None when any of them is in neither (or this is no DVC project)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo  # imported here: only a look back needs DVC
 
     try:
         with Repo(str(workdir)) as repo:
-            cache = Path(repo.cache.local.oid_to_path(md5))
-            if cache.is_file():
-                return cache.read_bytes()
             try:
                 remote = repo.cloud.get_remote_odb()
             except DvcException:  # no default remote
+                remote = None
+
+            def read(oid: str) -> bytes | None:
+                cache = Path(repo.cache.local.oid_to_path(oid))
+                if cache.is_file():
+                    return cache.read_bytes()
+                path = remote.oid_to_path(oid) if remote is not None else None
+                return remote.fs.cat_file(path) if path is not None and remote.fs.exists(path) else None
+
+            listing = read(md5)
+            if listing is None:
                 return None
-            path = remote.oid_to_path(md5)
-            return remote.fs.cat_file(path) if remote.fs.exists(path) else None
+            files = {entry["relpath"]: read(entry["md5"]) for entry in json.loads(listing)}
     except (DvcException, OSError):
         return None
-
-
-def read_directory(workdir: Path, md5: str) -> dict[str, bytes] | None:
-    """Every file of a directory output DVC stored as `md5` (`<hash>.dir`), by relative path; None if any is missing."""
-    listing = read_object(workdir, md5)
-    if listing is None:
-        return None
-    files = {}
-    for entry in json.loads(listing):
-        content = read_object(workdir, entry["md5"])
-        if content is None:
-            return None
-        files[entry["relpath"]] = content
-    return files
+    return None if any(content is None for content in files.values()) else files

@@ -30,8 +30,11 @@ def stored_split(workdir: Path, split_hash: str) -> pd.DataFrame | None:
     """Every row of the split DVC stored as `split_hash` (a data/split `.dir` hash, as dvc.lock and a model's
     lineage record it), with its split in the "split" column; None when neither the cache nor the remote has it."""
     files = read_directory(workdir, split_hash) if split_hash.endswith(".dir") else None
-    if files is None:
-        return None
+    return None if files is None else split_rows(files)
+
+
+def split_rows(files: dict[str, bytes]) -> pd.DataFrame | None:
+    """The rows of a stored data/split folder's CSVs (`read_directory`), with their split in "split"."""
     frames = [pd.read_csv(io.BytesIO(files[f"{name}.csv"]), dtype=str, keep_default_na=False).assign(split=name)
               for name in SPLITS if f"{name}.csv" in files]
     return pd.concat(frames, ignore_index=True) if frames else None

@@ -46,10 +46,9 @@ def reviewed_answers(log: pd.DataFrame, records: pd.DataFrame | None = None) -> 
         if column not in served:
             served[column] = ""
     if records is not None and len(served):
-        missing = served["prediction"] == ""
-        known = served.loc[missing, "key"].map(records.set_index("key")["prediction"]).fillna("")
-        served.loc[missing, "prediction"] = known
-        served.loc[missing, "served_at"] = served.loc[missing, "key"].map(records.set_index("key")["time"]).fillna("")
+        missing, by_key = served["prediction"] == "", records.set_index("key")
+        served.loc[missing, "prediction"] = served.loc[missing, "key"].map(by_key["prediction"]).fillna("")
+        served.loc[missing, "served_at"] = served.loc[missing, "key"].map(by_key["time"]).fillna("")
     joined = served[(served["prediction"] != "") & (served["served_at"] != "")]
     answers = pd.DataFrame({
         "model_version": joined["model_version"], "kind": joined["kind"],
